@@ -1,0 +1,1 @@
+"""Domain strategies; modules here may need extras."""

@@ -1,0 +1,171 @@
+"""The ``laden`` command. Plugins add subcommands through ``laden_add_commands``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from laden import __version__
+from laden.config import load_config
+from laden.errors import ConfigError, LadenError
+from laden.kernel import Kernel
+from laden.kinds import KINDS
+from laden.serde import config_of
+
+__all__ = ["build_cli", "main"]
+
+
+class LadenCommandError(click.ClickException):
+    """A LadenError shown as ``Error: ...``; config problems exit 2, the rest 1."""
+
+    def __init__(self, error: LadenError) -> None:
+        super().__init__(str(error))
+        self.exit_code = 2 if isinstance(error, ConfigError) else 1
+
+
+class LadenGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LadenError as exc:
+            raise LadenCommandError(exc) from exc
+
+
+def kernel_of(ctx: click.Context) -> Kernel:
+    """The kernel a command runs with (set up by :func:`build_cli`)."""
+    kernel = ctx.find_object(Kernel)
+    assert kernel is not None
+    return kernel
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+# ------------------------------------------------------------------ plugins
+
+
+def plugin_listing(kernel: Kernel) -> list[dict[str, Any]]:
+    """What ``laden plugins --json`` prints: each plugin and its strategies per kind."""
+    out = []
+    for info in kernel.plugins():
+        strategies: dict[str, list[dict[str, Any]]] = {}
+        for kind, names in info.strategies.items():
+            registry = kernel.registry(kind)
+            rows = strategies.setdefault(kind, [])
+            for name in names:
+                entry = registry.entry(name)
+                rows.append(
+                    {
+                        "name": name,
+                        "class": entry.qualname,
+                        "available": entry.available,
+                        "missing": list(entry.missing),
+                        "extra": entry.extra,
+                    }
+                )
+        out.append(
+            {
+                "name": info.name,
+                "entry_point": info.entry_point,
+                "distribution": info.distribution,
+                "version": info.version,
+                "strategies": strategies,
+            }
+        )
+    return out
+
+
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_context
+def plugins_command(ctx: click.Context, as_json: bool) -> None:
+    """List every plugin, where it comes from and the strategies it registers."""
+    kernel = kernel_of(ctx)
+    listing = plugin_listing(kernel)
+    if as_json:
+        emit_json({"plugins": listing, "disabled": sorted(kernel.disabled)})
+        return
+    for plugin in listing:
+        origin = plugin["distribution"] or "registered in-process"
+        if plugin["version"]:
+            origin += f" {plugin['version']}"
+        where = f" ({plugin['entry_point']})" if plugin["entry_point"] else ""
+        click.echo(f"{plugin['name']}: {origin}{where}")
+        for kind, rows in plugin["strategies"].items():
+            for row in rows:
+                state = ""
+                if not row["available"]:
+                    fix = f'pip install "laden[{row["extra"]}]"' if row["extra"] else "install"
+                    state = f"  [unavailable: needs {', '.join(row['missing'])}; {fix}]"
+                click.echo(f"    {kind} {row['name']}{state}")
+    if kernel.disabled:
+        click.echo(f"disabled: {', '.join(sorted(kernel.disabled))}")
+
+
+# ------------------------------------------------------------------- config
+
+
+@click.group("config")
+def config_group() -> None:
+    """Work with run config files (TOML or YAML)."""
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the validated config as JSON.")
+@click.pass_context
+def config_check(ctx: click.Context, file: str, as_json: bool) -> None:
+    """Validate FILE: every section names a known strategy with valid settings."""
+    config = load_config(file, kernel=kernel_of(ctx))
+    if as_json:
+        emit_json(config.to_dict())
+        return
+    click.echo(f"{file}: ok (seed={config.seed}, epochs={config.epochs})")
+    for kind in KINDS:
+        strategy = config.get(kind)
+        if strategy is not None:
+            settings = config_of(strategy)
+            name = settings.pop("name")
+            shown = ", ".join(f"{k}={v!r}" for k, v in settings.items())
+            click.echo(f"  {kind}: {name}" + (f" ({shown})" if shown else ""))
+
+
+# --------------------------------------------------------------------- main
+
+
+def build_cli(kernel: Kernel) -> click.Group:
+    """The ``laden`` group with the builtin commands and every plugin's commands."""
+
+    @click.group(cls=LadenGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, "--version", prog_name="laden")
+    @click.pass_context
+    def cli(ctx: click.Context) -> None:
+        """laden: turn training data into batches, fast and reproducibly."""
+        ctx.obj = kernel
+
+    from laden.demo import demo_command
+
+    for command in (plugins_command, config_group, demo_command):
+        cli.add_command(command)
+    kernel.hook.laden_add_commands(cli=cli, kernel=kernel)
+    return cli
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``laden`` console script."""
+    try:
+        kernel = Kernel()
+    except LadenError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        click.echo(
+            "hint: LADEN_DISABLE_PLUGINS=<name> skips a broken plugin; "
+            "LADEN_NO_AUTOLOAD=1 loads only laden's builtins",
+            err=True,
+        )
+        sys.exit(1)
+    build_cli(kernel).main(args=list(argv) if argv is not None else None, prog_name="laden")

@@ -1,0 +1,127 @@
+"""The private cattrs converter, strict structuring and stable digests.
+
+User config is strict: unknown keys are errors and numbers are not coerced
+(``3.5`` is no ``int``, ``"8"`` is no number). Errors come back as
+:class:`~laden.errors.ConfigError` with the key path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from laden.errors import ConfigError
+
+__all__ = ["canonical_json", "config_of", "digest", "make_converter", "structure_config"]
+
+
+def _strict_int(value: Any, _type: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _strict_float(value: Any, _type: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"expected a number, got {value!r}")
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError("expected a number, got NaN")
+    return float(value)
+
+
+def _strict_bool(value: Any, _type: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _strict_str(value: Any, _type: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a string, got {value!r}")
+    return value
+
+
+def make_converter() -> cattrs.Converter:
+    """A fresh strict converter (one per kernel; never cattrs' global one)."""
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    converter.register_structure_hook(int, _strict_int)
+    converter.register_structure_hook(float, _strict_float)
+    converter.register_structure_hook(bool, _strict_bool)
+    converter.register_structure_hook(str, _strict_str)
+    return converter
+
+
+def _problems(exc: BaseException, path: tuple[str | int, ...]) -> list[ConfigError]:
+    """Flatten a cattrs error tree into ConfigErrors carrying key paths."""
+    if isinstance(exc, ConfigError):
+        return [exc.within(*path)]
+    if isinstance(exc, ForbiddenExtraKeysError):
+        fields = sorted(a.name for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else []
+        known = ", ".join(fields) or "none"
+        extra = ", ".join(repr(k) for k in sorted(exc.extra_fields))
+        return [ConfigError(f"unknown key {extra}; known keys: {known}", path=path)]
+    if isinstance(exc, ClassValidationError):
+        with_notes, without = exc.group_exceptions()
+        out = [p for sub, note in with_notes for p in _problems(sub, (*path, note.name))]
+        return out + [p for sub in without for p in _problems(sub, path)]
+    if isinstance(exc, IterableValidationError):
+        with_notes, without = exc.group_exceptions()
+        out = [p for sub, note in with_notes for p in _problems(sub, (*path, note.index))]
+        return out + [p for sub in without for p in _problems(sub, path)]
+    if isinstance(exc, (ValueError, TypeError, KeyError)):
+        return [ConfigError(str(exc) or type(exc).__name__, path=path)]
+    raise exc
+
+
+def structure_config(
+    converter: cattrs.Converter, data: Any, cls: type[Any], path: Sequence[str | int] = ()
+) -> Any:
+    """Structure ``data`` into ``cls``; any problem becomes one ConfigError naming its path.
+
+    When several keys are wrong, the first is in the message and all are in
+    ``error.problems``.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a table of settings, got {data!r}", path=tuple(path))
+    try:
+        return converter.structure(dict(data), cls)
+    except (ClassValidationError, IterableValidationError, ForbiddenExtraKeysError) as exc:
+        problems = _problems(exc, tuple(path))
+    except ConfigError as exc:
+        problems = [exc.within(*path)]
+    first = problems[0]
+    err = ConfigError(first.reason, path=first.path)
+    err.problems = problems  # type: ignore[attr-defined]
+    if len(problems) > 1:
+        err.args = (str(err) + "".join(f"\n  also: {p}" for p in problems[1:]),)
+    raise err from None
+
+
+def config_of(strategy: Any) -> dict[str, Any]:
+    """The config of a strategy instance as plain data, ``name`` first."""
+    fields = attrs.asdict(strategy, recurse=True, retain_collection_types=False)
+    return {"name": type(strategy).name, **fields}
+
+
+def canonical_json(value: Any) -> bytes:
+    """JSON with sorted keys and no whitespace: the input of every digest."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def digest(*parts: bytes | str, size: int = 16) -> str:
+    """A hex blake2b digest over ``parts`` (each length-prefixed, so ``ab|c`` != ``a|bc``)."""
+    h = hashlib.blake2b(digest_size=size)
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()

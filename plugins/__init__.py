@@ -1,0 +1,1 @@
+"""Builtin strategies, registered through entry points like any third-party plugin."""

@@ -1,0 +1,1 @@
+"""Builtin backends: one module per plugin, each with its own entry point."""

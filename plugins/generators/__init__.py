@@ -1,0 +1,1 @@
+"""Builtin generators: one module per plugin, each with its own entry point."""

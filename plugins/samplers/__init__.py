@@ -1,0 +1,1 @@
+"""Builtin samplers: one module per plugin, each with its own entry point."""

@@ -1,0 +1,1 @@
+"""Builtin sources: one module per plugin, each with its own entry point."""
