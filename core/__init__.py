@@ -22,6 +22,7 @@ from laden.errors import (
 from laden.hookspecs import hookimpl, hookspec
 from laden.kernel import Kernel, PluginInfo, default_kernel
 from laden.kinds import KINDS
+from laden.records import BatchSpec, EpochPlan, LengthTable, PackPlan
 from laden.registry import Entry, Registry
 
 try:
@@ -31,13 +32,17 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare 
 
 __all__ = [
     "KINDS",
+    "BatchSpec",
     "ConfigError",
     "DataError",
     "DuplicateStrategyError",
     "Entry",
+    "EpochPlan",
     "Kernel",
     "LadenError",
+    "LengthTable",
     "MissingDependencyError",
+    "PackPlan",
     "PluginInfo",
     "PluginLoadError",
     "Registry",

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-
 from laden import __version__
 from laden.config import load_config
 from laden.errors import ConfigError, LadenError
@@ -20,11 +19,15 @@ __all__ = ["build_cli", "main"]
 
 
 class LadenCommandError(click.ClickException):
-    """A LadenError shown as ``Error: ...``; config problems exit 2, the rest 1."""
+    """A LadenError shown as ``Error: ...``, exit status 1."""
 
-    def __init__(self, error: LadenError) -> None:
-        super().__init__(str(error))
-        self.exit_code = 2 if isinstance(error, ConfigError) else 1
+    exit_code = 1
+
+
+class LadenConfigCommandError(LadenCommandError):
+    """A ConfigError shown as ``Error: ...``, exit status 2 (like a usage error)."""
+
+    exit_code = 2
 
 
 class LadenGroup(click.Group):
@@ -32,7 +35,8 @@ class LadenGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LadenError as exc:
-            raise LadenCommandError(exc) from exc
+            kind = LadenConfigCommandError if isinstance(exc, ConfigError) else LadenCommandError
+            raise kind(str(exc)) from exc
 
 
 def kernel_of(ctx: click.Context) -> Kernel:

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import yaml
-
 from laden.errors import ConfigError
 from laden.kinds import KINDS
 from laden.serde import config_of

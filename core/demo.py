@@ -6,6 +6,7 @@ machine, one sample per top-level definition (module preambles included).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-
 from laden.kernel import Kernel
 from laden.progress import Progress
 
@@ -37,7 +37,7 @@ def split_definitions(source: str) -> list[str]:
     """Cut a module into its preamble and its top-level definitions."""
     starts = [m.start() for m in _TOP_LEVEL.finditer(source)]
     bounds = [0, *(s for s in starts if s > 0), len(source)]
-    pieces = (source[a:b].strip("\n") for a, b in zip(bounds, bounds[1:]))
+    pieces = (source[a:b].strip("\n") for a, b in itertools.pairwise(bounds))
     return [p for p in pieces if p.strip()]
 
 

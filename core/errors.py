@@ -57,8 +57,7 @@ class MissingDependencyError(RegistryError, ImportError):
         self.extra = extra
         fix = f'pip install "laden[{extra}]"' if extra else "pip install " + " ".join(self.missing)
         super().__init__(
-            f"{kind} {name!r} needs {', '.join(self.missing)}, which is not installed; "
-            f"run: {fix}"
+            f"{kind} {name!r} needs {', '.join(self.missing)}, which is not installed; run: {fix}"
         )
 
 
@@ -89,9 +88,7 @@ class ConfigError(LadenError, ValueError):
 
     def within(self, *prefix: str | int, source: str | None = None) -> ConfigError:
         """The same error, seen from an enclosing mapping (or file)."""
-        return ConfigError(
-            self.reason, path=(*prefix, *self.path), source=source or self.source
-        )
+        return ConfigError(self.reason, path=(*prefix, *self.path), source=source or self.source)
 
 
 class DataError(LadenError, ValueError):

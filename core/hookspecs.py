@@ -12,7 +12,6 @@ import pluggy
 
 if TYPE_CHECKING:
     import click
-
     from laden.kernel import Kernel
     from laden.registry import Registry
 

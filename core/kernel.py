@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
 import attrs
 import cattrs
 import pluggy
-
 from laden import hookspecs
 from laden.errors import ConfigError, PluginLoadError
 from laden.kinds import KINDS, hook_name
@@ -208,6 +207,34 @@ class Kernel:
         return sorted(out, key=lambda p: p.name)
 
     # --------------------------------------------------------- lifecycle
+
+    def plan_epoch(self, sampler: Any, table: Any, *, epoch: int = 0, seed: int = 0) -> Any:
+        """``sampler.plan_epoch(table, ...)``, announced through ``laden_plan_built``."""
+        plan = sampler.plan_epoch(table, epoch=epoch, seed=seed)
+        self.hook.laden_plan_built(plan=plan, kernel=self)
+        return plan
+
+    def iter_batches(
+        self,
+        plan: Any,
+        collate: Callable[[Any], Mapping[str, Any]],
+        *,
+        backend: Any = None,
+        start: int = 0,
+    ) -> Iterator[Mapping[str, Any]]:
+        """Collate each batch of an epoch plan from ``start`` on and convert it on ``backend``.
+
+        Every batch is announced through ``laden_batch_produced`` just before it
+        is yielded.
+
+        :param collate: turns a ``BatchSpec`` into host arrays.
+        :param backend: a backend strategy (default: ``numpy``).
+        """
+        backend = backend if backend is not None else self.create("backend", "numpy")
+        for step in range(start, len(plan)):
+            batch = backend.convert(collate(plan[step]))
+            self.hook.laden_batch_produced(batch=batch, epoch=plan.epoch, step=step, kernel=self)
+            yield batch
 
     def __repr__(self) -> str:
         names = ", ".join(sorted(n for n, _ in self.pm.list_name_plugin()))

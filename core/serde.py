@@ -16,7 +16,6 @@ from typing import Any
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
-
 from laden.errors import ConfigError
 
 __all__ = ["canonical_json", "config_of", "digest", "make_converter", "structure_config"]
@@ -74,9 +73,9 @@ def _problems(exc: BaseException, path: tuple[str | int, ...]) -> list[ConfigErr
         out = [p for sub, note in with_notes for p in _problems(sub, (*path, note.name))]
         return out + [p for sub in without for p in _problems(sub, path)]
     if isinstance(exc, IterableValidationError):
-        with_notes, without = exc.group_exceptions()
-        out = [p for sub, note in with_notes for p in _problems(sub, (*path, note.index))]
-        return out + [p for sub in without for p in _problems(sub, path)]
+        items, rest = exc.group_exceptions()
+        out = [p for sub, item in items for p in _problems(sub, (*path, int(item.index)))]
+        return out + [p for sub in rest for p in _problems(sub, path)]
     if isinstance(exc, (ValueError, TypeError, KeyError)):
         return [ConfigError(str(exc) or type(exc).__name__, path=path)]
     raise exc
@@ -108,7 +107,7 @@ def structure_config(
 
 def config_of(strategy: Any) -> dict[str, Any]:
     """The config of a strategy instance as plain data, ``name`` first."""
-    fields = attrs.asdict(strategy, recurse=True, retain_collection_types=False)
+    fields = attrs.asdict(strategy, recurse=True)
     return {"name": type(strategy).name, **fields}
 
 

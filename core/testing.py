@@ -17,9 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
-
 import pytest
-
 from laden.kernel import Kernel
 
 __all__ = ["kernel", "make_kernel", "registered"]
@@ -52,5 +50,3 @@ def kernel(make_kernel: Callable[..., Kernel]) -> Kernel:
     """A kernel with laden's builtin plugins only."""
     result: Kernel = make_kernel()
     return result
-
-

@@ -5,12 +5,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import ClassVar, TypeVar
 
 import attrs
-
 from laden.hookspecs import hookimpl
 from laden.registry import Registry
 from laden.validators import at_least, one_of, optional
@@ -53,7 +52,7 @@ class LocalExecutor:
         progress: Callable[[int, int | None], None] | None = None,
     ) -> Iterator[R]:
         """Yield ``fn(item)`` for every item, in order, calling ``progress(done, total)``."""
-        if total is None and hasattr(items, "__len__"):
+        if total is None and isinstance(items, Sized):
             total = len(items)
         workers = self.effective_workers
         if workers == 0:
@@ -103,5 +102,3 @@ class LocalExecutor:
 @hookimpl
 def laden_register_executors(registry: Registry) -> None:
     registry.add(LocalExecutor)
-
-

@@ -1,0 +1,265 @@
+"""Columnar records passed between strategies: nothing here is one object per sample.
+
+- :class:`LengthTable`: per-sample columns (``length``, optional ``key``,
+  ``offset``, ``ids``).
+- :class:`PackPlan`: packs in CSR form (``order`` + ``offsets``).
+- :class:`EpochPlan`: the batches of one epoch in CSR form, plus per-batch
+  ``max_length`` and ``bucket``; :class:`BatchSpec` views are made on iteration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+from laden.errors import ConfigError
+
+__all__ = ["BatchSpec", "EpochPlan", "LengthTable", "PackPlan", "array_digest"]
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def _int_column(name: str, values: Any, size: int | None = None) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ConfigError(f"must be one-dimensional, got shape {array.shape}", path=(name,))
+    if array.size and array.dtype.kind not in "iu":
+        if array.dtype.kind == "f" and np.all(np.mod(array, 1) == 0):
+            array = array.astype(np.int64)
+        else:
+            raise ConfigError(f"must hold integers, got dtype {array.dtype}", path=(name,))
+    if size is not None and array.size != size:
+        raise ConfigError(f"has {array.size} rows, expected {size}", path=(name,))
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def array_digest(*arrays: np.ndarray | None, size: int = 16) -> str:
+    """A blake2b digest over arrays' dtypes, shapes and little-endian bytes."""
+    h = hashlib.blake2b(digest_size=size)
+    for array in arrays:
+        if array is None:
+            h.update(b"\x00none")
+            continue
+        a = np.ascontiguousarray(array)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes() if a.dtype.kind != "U" else a.astype("U").tobytes())
+    return h.hexdigest()
+
+
+def _length_column(values: Any) -> np.ndarray:
+    return _int_column("length", values)
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class LengthTable:
+    """Per-sample columns: every sample measured once.
+
+    :param length: token count per sample (int64).
+    :param key: optional bucket key per sample (e.g. a compression depth).
+    :param offset: optional byte offset of each sample in its source file.
+    :param ids: optional sample ids (integers or strings); default: the row index.
+    :param meta: provenance: dataset digest, tokenizer hash, counts.
+    """
+
+    length: np.ndarray = attrs.field(converter=_length_column)
+    key: np.ndarray | None = None
+    offset: np.ndarray | None = None
+    ids: np.ndarray | None = None
+    meta: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        n = self.length.size
+        if n and int(self.length.min()) < 0:
+            raise ConfigError("must be >= 0 for every sample", path=("length",))
+        for name in ("key", "offset"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, _int_column(name, value, n))
+        if self.ids is not None:
+            ids = np.asarray(self.ids)
+            if ids.dtype == object:
+                raise ConfigError("must be integers or strings, not objects", path=("ids",))
+            if ids.shape != (n,):
+                raise ConfigError(f"has shape {ids.shape}, expected ({n},)", path=("ids",))
+            object.__setattr__(self, "ids", ids)
+
+    @classmethod
+    def from_lengths(
+        cls,
+        lengths: Any,
+        *,
+        key: Any = None,
+        ids: Any = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> LengthTable:
+        """A table from lengths you already know (no dataset, no tokenizer)."""
+        return cls(length=lengths, key=key, ids=ids, meta=dict(meta or {}))
+
+    def __len__(self) -> int:
+        return int(self.length.size)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.length.sum())
+
+    def digest(self) -> str:
+        """A digest of the columns (not ``meta``): equal tables give equal digests."""
+        return array_digest(self.length, self.key, self.offset, self.ids)
+
+    def select(self, indices: np.ndarray) -> LengthTable:
+        """The rows at ``indices``, in that order."""
+        pick = np.asarray(indices, dtype=np.int64)
+        return LengthTable(
+            length=self.length[pick],
+            key=None if self.key is None else self.key[pick],
+            offset=None if self.offset is None else self.offset[pick],
+            ids=None if self.ids is None else self.ids[pick],
+            meta=dict(self.meta),
+        )
+
+    def __repr__(self) -> str:
+        cols = [c for c in ("key", "offset", "ids") if getattr(self, c) is not None]
+        return f"<LengthTable {len(self):,} samples, {self.num_tokens:,} tokens, +{cols}>"
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class PackPlan:
+    """Packs in CSR form: pack ``p`` holds samples ``order[offsets[p]:offsets[p+1]]``.
+
+    ``seg_length`` is the tokens each segment contributes (a sample cut by a
+    ``truncate`` or ``split`` policy contributes less than its length);
+    ``seg_start`` is where in its sample the segment begins (non-zero for
+    continuation segments).
+    """
+
+    order: np.ndarray
+    offsets: np.ndarray
+    seg_length: np.ndarray
+    seg_start: np.ndarray
+    max_length: int
+    dropped: np.ndarray = attrs.field(factory=lambda: _EMPTY.copy())
+    report: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.offsets.size - 1)
+
+    @property
+    def pack_lengths(self) -> np.ndarray:
+        """Tokens per pack."""
+        if self.seg_length.size == 0:
+            return np.zeros(len(self), dtype=np.int64)
+        sums = np.add.reduceat(self.seg_length, self.offsets[:-1]) if len(self) else _EMPTY
+        return np.where(np.diff(self.offsets) > 0, sums, 0).astype(np.int64)
+
+    @property
+    def efficiency(self) -> float:
+        """Real tokens over ``packs * max_length``."""
+        return float(self.seg_length.sum()) / max(len(self) * self.max_length, 1)
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class BatchSpec:
+    """One batch of an epoch plan: a view, made on iteration."""
+
+    index: int
+    indices: np.ndarray
+    max_length: int
+    bucket: int
+
+    @property
+    def size(self) -> int:
+        return int(self.indices.size)
+
+    @property
+    def padded_tokens(self) -> int:
+        return self.size * self.max_length
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class EpochPlan:
+    """The batches of one epoch in CSR form over units (samples or packs).
+
+    Batch ``b`` is ``order[offsets[b]:offsets[b+1]]``, padded to
+    ``max_length[b]``. ``dropped`` and ``truncated`` list the units an overflow
+    policy removed or cut: never silent.
+    """
+
+    order: np.ndarray
+    offsets: np.ndarray
+    max_length: np.ndarray
+    bucket: np.ndarray
+    epoch: int = 0
+    seed: int = 0
+    dropped: np.ndarray = attrs.field(factory=lambda: _EMPTY.copy())
+    truncated: np.ndarray = attrs.field(factory=lambda: _EMPTY.copy())
+    report: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("order", "offsets", "max_length", "dropped", "truncated"):
+            object.__setattr__(
+                self, name, np.ascontiguousarray(getattr(self, name), dtype=np.int64)
+            )
+        object.__setattr__(self, "bucket", np.ascontiguousarray(self.bucket, dtype=np.int32))
+        nb = self.offsets.size - 1
+        if nb < 0 or self.max_length.size != nb or self.bucket.size != nb:
+            raise ValueError(
+                f"inconsistent plan: {self.offsets.size} offsets, {self.max_length.size} "
+                f"max_length, {self.bucket.size} bucket"
+            )
+        if self.offsets[0] != 0 or self.offsets[-1] != self.order.size:
+            raise ValueError("offsets must start at 0 and end at len(order)")
+
+    def __len__(self) -> int:
+        return int(self.offsets.size - 1)
+
+    @property
+    def num_batches(self) -> int:
+        return len(self)
+
+    @property
+    def batch_sizes(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __getitem__(self, b: int) -> BatchSpec:
+        n = len(self)
+        if not -n <= b < n:
+            raise IndexError(f"batch {b} out of range for a plan of {n} batches")
+        b %= n
+        lo, hi = self.offsets[b], self.offsets[b + 1]
+        return BatchSpec(
+            index=b,
+            indices=self.order[lo:hi],
+            max_length=int(self.max_length[b]),
+            bucket=int(self.bucket[b]),
+        )
+
+    def __iter__(self) -> Iterator[BatchSpec]:
+        for b in range(len(self)):
+            yield self[b]
+
+    def padded_tokens(self) -> int:
+        """Tokens including padding: sum over batches of size * max_length."""
+        return int((self.batch_sizes * self.max_length).sum())
+
+    def real_tokens(self, lengths: np.ndarray) -> int:
+        """Tokens actually present (capped at each batch's max_length)."""
+        per = np.minimum(lengths[self.order], np.repeat(self.max_length, self.batch_sizes))
+        return int(per.sum())
+
+    def efficiency(self, lengths: np.ndarray) -> float:
+        """Real tokens over padded tokens (1.0 means no padding)."""
+        return self.real_tokens(lengths) / max(self.padded_tokens(), 1)
+
+    def digest(self) -> str:
+        return array_digest(self.order, self.offsets, self.max_length, self.bucket, self.dropped)
+
+    def __repr__(self) -> str:
+        return (
+            f"<EpochPlan epoch={self.epoch} {len(self):,} batches, {self.order.size:,} units,"
+            f" {self.dropped.size} dropped>"
+        )
