@@ -1,0 +1,149 @@
+"""Vectorized batching primitives shared by samplers and analysis.
+
+Bucket edges are inclusive upper bounds: with edges ``(256, 1024)`` bucket 0
+holds lengths ``<= 256``, bucket 1 lengths in ``(256, 1024]`` and bucket 2
+(the overflow bucket) everything longer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "assign_buckets",
+    "cut_descending",
+    "padding_to_edges",
+    "smallest_uint",
+    "suggest_bucket_edges",
+]
+
+
+def smallest_uint(max_value: int) -> type[np.unsignedinteger]:
+    """The narrowest unsigned dtype holding ``max_value``: numpy radix-sorts <= 16 bits."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_value <= np.iinfo(dtype).max:
+            return dtype
+    return np.uint64
+
+
+def assign_buckets(lengths: np.ndarray, edges: np.ndarray | tuple[int, ...]) -> np.ndarray:
+    """The bucket of each length (``len(edges)`` for lengths above the last edge)."""
+    edges_array = np.asarray(edges, dtype=np.int64)
+    dtype = smallest_uint(edges_array.size)
+    return np.searchsorted(edges_array, lengths, side="left").astype(dtype)
+
+
+def padding_to_edges(lengths: np.ndarray, edges: np.ndarray | tuple[int, ...]) -> int:
+    """Padding tokens if every sample is padded to its bucket's upper edge."""
+    edges_array = np.asarray(edges, dtype=np.int64)
+    buckets = np.searchsorted(edges_array, lengths, side="left")
+    inside = buckets < edges_array.size
+    return int((edges_array[buckets[inside]] - lengths[inside]).sum())
+
+
+def suggest_bucket_edges(
+    lengths: np.ndarray, num_buckets: int, *, max_bins: int = 4096
+) -> np.ndarray:
+    """Upper edges of ``num_buckets`` buckets that minimise padding to the bucket edge.
+
+    Exact dynamic programming over the length histogram: with at most
+    ``max_bins`` distinct lengths every distinct length is a candidate edge;
+    with more, lengths are grouped into ``max_bins`` equal-width bins whose
+    upper ends are the candidates (and the DP is exact over those). The last
+    edge is always the longest length. Cost: O(num_buckets * bins²).
+    """
+    if num_buckets < 1:
+        raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if int(lengths.min()) >= 0 and int(lengths.max()) < (1 << 24):
+        dense = np.bincount(lengths)  # O(n), no sort
+        values = np.flatnonzero(dense)
+        counts = dense[values]
+    else:
+        values, counts = np.unique(lengths, return_counts=True)
+    sums = values * counts
+    if values.size > max_bins:
+        lo, hi = int(values[0]), int(values[-1])
+        width = -(-(hi - lo + 1) // max_bins)
+        bin_of = (values - lo) // width
+        uppers = np.minimum(lo + (np.arange(max_bins) + 1) * width - 1, hi)
+        counts = np.bincount(bin_of, weights=counts, minlength=max_bins).astype(np.int64)
+        sums = np.bincount(bin_of, weights=sums, minlength=max_bins).astype(np.int64)
+        keep = counts > 0
+        values, counts, sums = uppers[keep], counts[keep], sums[keep]
+    v = values.size
+    if num_buckets >= v:
+        return values.astype(np.int64)
+    cum_count = np.concatenate([[0], np.cumsum(counts)])
+    cum_sum = np.concatenate([[0], np.cumsum(sums)])
+    # best[j]: least padding covering candidates 0..j with m buckets, the last ending at j.
+    # cost(i..j) = values[j] * count(i..j) - sum(i..j).
+    best = values * cum_count[1:] - cum_sum[1:]
+    choices = []
+    cc = cum_count.astype(np.float64)
+    cs = cum_sum.astype(np.float64)
+    fv = values.astype(np.float64)
+    block = max(1, (1 << 22) // v)  # rows per block: at most ~4M cells (32 MB) at a time
+    for _ in range(1, num_buckets):
+        prev = best.astype(np.float64)
+        new = prev.copy()
+        arg = np.full(v, -1, dtype=np.int64)
+        k = np.arange(v - 1)  # the previous bucket ends at k; this one covers k+1..j
+        for j0 in range(1, v, block):
+            j = np.arange(j0, min(j0 + block, v))[:, None]
+            cost = prev[k] + fv[j] * (cc[j + 1] - cc[k + 1]) - (cs[j + 1] - cs[k + 1])
+            cost[k >= j] = np.inf
+            pick = np.argmin(cost, axis=1)
+            low = cost[np.arange(j.shape[0]), pick]
+            rows = j[:, 0]
+            better = low < new[rows]
+            new[rows[better]] = low[better]
+            arg[rows[better]] = pick[better]
+        choices.append(arg)
+        best = new
+    edges = [v - 1]
+    j = v - 1
+    for arg in reversed(choices):
+        if arg[j] < 0:
+            continue
+        j = int(arg[j])
+        edges.append(j)
+    return values[np.asarray(sorted(set(edges)), dtype=np.int64)].astype(np.int64)
+
+
+def cut_descending(
+    lengths_desc: np.ndarray,
+    segment_end: np.ndarray,
+    token_budget: int,
+    *,
+    quadratic: bool = False,
+    max_batch_size: int | None = None,
+) -> np.ndarray:
+    """Greedy batch starts over lengths sorted descending inside segments.
+
+    A batch starting at ``i`` is padded to ``lengths_desc[i]`` (its longest)
+    and takes as many following samples as the budget allows
+    (``size * max_length <= budget``, or ``size * max_length**2`` when
+    ``quadratic``), never crossing ``segment_end[i]``. Every length must fit
+    the budget alone. The loop runs once per batch, not per sample.
+    """
+    n = lengths_desc.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    cost = np.maximum(lengths_desc, 1)
+    if quadratic:
+        cost = cost * cost
+    step = token_budget // cost
+    if max_batch_size is not None:
+        np.minimum(step, max_batch_size, out=step)
+    np.minimum(step, segment_end - np.arange(n), out=step)
+    np.maximum(step, 1, out=step)
+    view = memoryview(step)
+    starts = []
+    i = 0
+    while i < n:
+        starts.append(i)
+        i += view[i]
+    return np.asarray(starts, dtype=np.int64)

@@ -1,0 +1,142 @@
+"""Crash-safe files: temporary name, fsync, rename; zstd-compressed, checksummed arrays."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from laden.errors import DataError
+
+__all__ = [
+    "atomic_directory",
+    "atomic_write_bytes",
+    "file_digest",
+    "read_array",
+    "read_json",
+    "write_array",
+    "write_json",
+]
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over it."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Fill a temporary directory; on success it replaces ``path`` in one rename.
+
+    If the block fails, ``path`` keeps whatever it held before.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def file_digest(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
+    """blake2b of a file's bytes, read in chunks."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_array(directory: Path, name: str, array: np.ndarray, *, level: int = 3) -> dict[str, Any]:
+    """Write ``array`` as ``name.zst`` (raw little-endian bytes, zstd); return its metadata.
+
+    Numeric dtypes only: nothing laden writes needs pickling to read back.
+    """
+    a = np.ascontiguousarray(array)
+    if a.dtype.kind not in "iufb":
+        raise TypeError(f"{name}: only numeric arrays are stored, got dtype {a.dtype}")
+    a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+    raw = a.tobytes()
+    data = zstandard.ZstdCompressor(level=level, threads=-1).compress(raw)
+    atomic_write_bytes(directory / f"{name}.zst", data)
+    return {
+        "file": f"{name}.zst",
+        "dtype": a.dtype.str,
+        "shape": list(a.shape),
+        "blake2b": hashlib.blake2b(raw, digest_size=16).hexdigest(),
+    }
+
+
+def read_array(directory: Path, info: Mapping[str, Any]) -> np.ndarray:
+    """Read an array written by :func:`write_array`, checking size and checksum."""
+    path = directory / info["file"]
+    try:
+        compressed = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError("missing file", file=str(path)) from None
+    dtype = np.dtype(info["dtype"])
+    expected = int(np.prod(info["shape"], dtype=np.int64)) * dtype.itemsize
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=expected)
+    except zstandard.ZstdError as exc:
+        raise DataError(f"corrupt or truncated zstd data ({exc})", file=str(path)) from None
+    if len(raw) != expected:
+        raise DataError(f"holds {len(raw)} bytes, expected {expected}", file=str(path))
+    if hashlib.blake2b(raw, digest_size=16).hexdigest() != info["blake2b"]:
+        raise DataError("checksum mismatch: the file was altered", file=str(path))
+    return np.frombuffer(raw, dtype=dtype).reshape(info["shape"]).copy()
+
+
+def write_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("missing file", file=str(path)) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"not valid JSON ({exc})", file=str(path)) from None
