@@ -115,7 +115,7 @@ def suggest_bucket_edges(
 
 def cut_descending(
     lengths_desc: np.ndarray,
-    segment_end: np.ndarray,
+    segment_bounds: np.ndarray,
     token_budget: int,
     *,
     quadratic: bool = False,
@@ -123,27 +123,31 @@ def cut_descending(
 ) -> np.ndarray:
     """Greedy batch starts over lengths sorted descending inside segments.
 
-    A batch starting at ``i`` is padded to ``lengths_desc[i]`` (its longest)
-    and takes as many following samples as the budget allows
+    ``segment_bounds`` are the segment boundaries (``[0, ..., n]``); batches never
+    cross them. A batch starting at ``i`` is padded to ``lengths_desc[i]`` (its
+    longest) and takes as many following samples as the budget allows
     (``size * max_length <= budget``, or ``size * max_length**2`` when
-    ``quadratic``), never crossing ``segment_end[i]``. Every length must fit
-    the budget alone. The loop runs once per batch, not per sample.
+    ``quadratic``). A sample over the budget alone still gets a batch of one.
+    The loop runs once per batch, never per sample.
     """
     n = lengths_desc.size
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    cost = np.maximum(lengths_desc, 1)
+    longest = int(lengths_desc.max())
+    # Batch size by the batch's longest length, looked up instead of computed per sample.
+    cost = np.maximum(np.arange(longest + 1, dtype=np.int64), 1)
     if quadratic:
         cost = cost * cost
-    step = token_budget // cost
+    sizes = np.maximum(token_budget // cost, 1)
     if max_batch_size is not None:
-        np.minimum(step, max_batch_size, out=step)
-    np.minimum(step, segment_end - np.arange(n), out=step)
-    np.maximum(step, 1, out=step)
-    view = memoryview(step)
+        np.minimum(sizes, max_batch_size, out=sizes)
+    size_of = sizes.tolist()
+    length_at = memoryview(np.ascontiguousarray(lengths_desc, dtype=np.int64))
     starts = []
-    i = 0
-    while i < n:
-        starts.append(i)
-        i += view[i]
+    bounds = np.asarray(segment_bounds, dtype=np.int64).tolist()
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        i = a
+        while i < b:
+            starts.append(i)
+            i += size_of[length_at[i]]
     return np.asarray(starts, dtype=np.int64)

@@ -15,12 +15,14 @@ the same contract.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 from laden.kernel import Kernel
 
-__all__ = ["kernel", "make_kernel", "registered"]
+__all__ = ["check_sampler", "kernel", "make_kernel", "registered"]
 
 
 @contextmanager
@@ -50,3 +52,107 @@ def kernel(make_kernel: Callable[..., Kernel]) -> Kernel:
     """A kernel with laden's builtin plugins only."""
     result: Kernel = make_kernel()
     return result
+
+
+# ---------------------------------------------------------------- conformance
+
+
+def _check_plan_invariants(sampler: Any, table: Any, plan: Any) -> None:
+    """Every sample once (or dropped and reported), budget and max_length respected."""
+    n = len(table)
+    order = np.asarray(plan.order)
+    dropped = np.asarray(plan.dropped)
+    seen = np.concatenate([order, dropped])
+    assert seen.size == n, f"{seen.size} placed or dropped, table has {n}"
+    assert np.array_equal(np.sort(seen), np.arange(n)), "a sample is missing or repeated"
+    reported = plan.report.get("dropped", {}) if hasattr(plan, "report") else {}
+    assert sum(reported.values()) == dropped.size, "drops are not all reported in plan.report"
+    sizes = np.diff(plan.offsets)
+    assert (sizes > 0).all(), "empty batch"
+    truncated = set(np.asarray(plan.truncated).tolist())
+    lengths = table.length
+    for spec in plan:
+        members = lengths[spec.indices]
+        if truncated.isdisjoint(spec.indices.tolist()):
+            assert members.max() == spec.max_length, f"batch {spec.index}: max_length is wrong"
+        else:
+            assert members.max() >= spec.max_length
+    budget = getattr(sampler, "token_budget", None)
+    if budget is not None:
+        quadratic = getattr(sampler, "cost", "linear") == "quadratic"
+        cost = sizes * (plan.max_length**2 if quadratic else plan.max_length)
+        alone = np.asarray(plan.bucket) == -1
+        assert (cost[~alone] <= budget).all(), "a batch exceeds the token budget"
+        assert (sizes[alone] == 1).all(), "an over-budget batch holds more than one sample"
+    max_batch_size = getattr(sampler, "max_batch_size", None) or getattr(
+        sampler, "batch_size", None
+    )
+    if max_batch_size is not None:
+        assert (sizes <= max_batch_size).all(), "a batch is larger than allowed"
+
+
+def check_sampler(cls: type[Any], *, max_examples: int = 60, **config: Any) -> None:
+    """Check that a sampler class keeps the contract every sampler must keep.
+
+    Property-based (hypothesis) over random length tables, including empty and
+    single-sample ones:
+
+    - every sample appears exactly once per epoch, unless dropped by policy,
+      and then it is in ``plan.dropped`` and counted in ``plan.report["dropped"]``;
+    - ``max_length`` of a batch is its longest member (or less where truncated);
+    - a ``token_budget`` (and ``max_batch_size`` / ``batch_size``) is respected;
+    - the same seed and epoch give an identical plan; another epoch gives
+      another order (for samplers that shuffle);
+    - an empty table gives no batches, a single sample one batch (or a drop).
+
+    :param cls: the sampler class.
+    :param config: its config fields.
+    """
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    import laden
+
+    sampler = cls(**config)
+
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        lengths=arrays(np.int64, st.integers(0, 300), elements=st.integers(0, 3000)),
+        seed=st.integers(0, 2**32 - 1),
+        epoch=st.integers(0, 1000),
+    )
+    def properties(lengths: np.ndarray, seed: int, epoch: int) -> None:
+        table = laden.LengthTable.from_lengths(lengths)
+        try:
+            plan = sampler.plan_epoch(table, epoch=epoch, seed=seed)
+        except laden.DataError:
+            # A policy of "error" may refuse over-long samples, and only then.
+            limit = getattr(sampler, "max_sample_length", None)
+            assert limit is not None and int(lengths.max()) > limit
+            return
+        _check_plan_invariants(sampler, table, plan)
+        again = sampler.plan_epoch(table, epoch=epoch, seed=seed)
+        assert plan.digest() == again.digest(), "same seed and epoch gave another plan"
+
+    properties()
+
+    empty = sampler.plan_epoch(laden.LengthTable.from_lengths(np.zeros(0, np.int64)))
+    assert len(empty) == 0 and empty.order.size == 0
+    one = sampler.plan_epoch(laden.LengthTable.from_lengths([5]))
+    assert (len(one), one.order.tolist()) == (1, [0]) or one.dropped.tolist() == [0]
+
+    if getattr(sampler, "shuffle", False):
+        # Equal lengths: only the shuffle decides the order.
+        table = laden.LengthTable.from_lengths(np.full(512, 7))
+        first = sampler.plan_epoch(table, epoch=0, seed=1)
+        second = sampler.plan_epoch(table, epoch=1, seed=1)
+        assert not np.array_equal(first.order, second.order), "epochs repeat the same order"
+        other_seed = sampler.plan_epoch(table, epoch=0, seed=2)
+        assert not np.array_equal(first.order, other_seed.order), "seed is ignored"
+        # Not seed + epoch: seed 1 epoch 1 must differ from seed 2 epoch 0.
+        assert not np.array_equal(second.order, other_seed.order), "seed and epoch are added"

@@ -1,0 +1,168 @@
+"""Samplers: the conformance checks, then behaviour specific to each."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import laden
+from laden.plugins.samplers.fixed import FixedSampler
+from laden.plugins.samplers.token_budget import TokenBudgetSampler
+from laden.testing import check_sampler
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"batch_size": 1},
+        {"batch_size": 7},
+        {"batch_size": 7, "drop_last": True},
+        {"batch_size": 4, "shuffle": False},
+    ],
+    ids=str,
+)
+def test_fixed_conforms(config: dict) -> None:
+    check_sampler(FixedSampler, **config)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"token_budget": 4096, "overflow": "drop"},
+        {"token_budget": 4096, "overflow": "truncate", "bucket_edges": (64, 512)},
+        {"token_budget": 4096, "overflow": "alone", "num_buckets": 3, "pool_size": 16},
+        {"token_budget": 4096, "overflow": "error", "max_batch_size": 5},
+        {"token_budget": 2000**2, "cost": "quadratic", "overflow": "alone"},
+        {"token_budget": 3000, "shuffle": False, "overflow": "drop", "bucket_edges": (100,)},
+    ],
+    ids=str,
+)
+def test_token_budget_conforms(config: dict) -> None:
+    check_sampler(TokenBudgetSampler, **config)
+
+
+LENGTHS = np.clip(np.random.default_rng(0).lognormal(5.5, 0.9, 20_000), 8, 4096).astype(np.int64)
+
+
+def test_token_budget_is_far_tighter_than_random_fixed_batches(kernel: laden.Kernel) -> None:
+    table = laden.LengthTable.from_lengths(LENGTHS)
+    budget = kernel.create("sampler", {"name": "token_budget", "token_budget": 16384,
+                                       "num_buckets": 4})
+    plan = budget.plan_epoch(table, seed=0)
+    fixed = kernel.create("sampler", {"name": "fixed", "batch_size": 32}).plan_epoch(table)
+    assert plan.efficiency(LENGTHS) > 0.97
+    assert fixed.efficiency(LENGTHS) < 0.5
+    cost = plan.batch_sizes * plan.max_length
+    assert cost.max() <= 16384
+    # The budget is used, not merely respected: most batches are nearly full.
+    assert np.median(cost) > 0.9 * 16384
+
+
+def test_overflow_error_names_the_sample_and_the_fix() -> None:
+    table = laden.LengthTable.from_lengths([10, 5000, 20, 7000])
+    with pytest.raises(laden.DataError) as info:
+        TokenBudgetSampler(token_budget=4096).plan_epoch(table)
+    message = str(info.value)
+    assert "2 sample(s) are longer than the token budget allows (4096 tokens)" in message
+    assert "sample 1 with 5000 tokens" in message
+    assert "'drop', 'truncate' or 'alone'" in message
+
+
+def test_overflow_policies_count_what_they_do() -> None:
+    table = laden.LengthTable.from_lengths([10, 5000, 20, 7000, 30])
+    dropped = TokenBudgetSampler(token_budget=4096, overflow="drop").plan_epoch(table)
+    assert dropped.dropped.tolist() == [1, 3]
+    assert dropped.report["dropped"] == {"overflow": 2}
+    assert sorted(dropped.order.tolist()) == [0, 2, 4]
+
+    truncated = TokenBudgetSampler(token_budget=4096, overflow="truncate").plan_epoch(table)
+    assert truncated.truncated.tolist() == [1, 3]
+    assert truncated.report["truncated"] == 2
+    assert truncated.max_length.max() == 4096
+    assert sorted(truncated.order.tolist()) == [0, 1, 2, 3, 4]
+
+    alone = TokenBudgetSampler(token_budget=4096, overflow="alone").plan_epoch(table)
+    solo = {int(s.indices[0]): s for s in alone if s.bucket == -1}
+    assert set(solo) == {1, 3}
+    assert all(s.size == 1 for s in solo.values())
+    assert solo[3].max_length == 7000
+    assert alone.report["alone"] == 2
+
+
+def test_quadratic_cost() -> None:
+    lengths = np.array([100] * 50 + [1000] * 5)
+    plan = TokenBudgetSampler(token_budget=2_000_000, cost="quadratic").plan_epoch(
+        laden.LengthTable.from_lengths(lengths)
+    )
+    cost = plan.batch_sizes * plan.max_length.astype(np.int64) ** 2
+    assert cost.max() <= 2_000_000
+    # Greedy over lengths sorted descending: 2e6 / 1000² = 2 per batch at 1000 tokens
+    # (the fifth 1000 shares with a 100), then the remaining 49 short ones together.
+    assert sorted(plan.batch_sizes.tolist()) == [2, 2, 2, 49]
+
+
+def test_explicit_bucket_edges_separate_lengths() -> None:
+    lengths = np.array([10, 200, 15, 300, 12, 250, 900])
+    plan = TokenBudgetSampler(token_budget=100_000, bucket_edges=(50, 500)).plan_epoch(
+        laden.LengthTable.from_lengths(lengths), seed=3
+    )
+    groups = sorted(sorted(lengths[s.indices].tolist()) for s in plan)
+    assert groups == [[10, 12, 15], [200, 250, 300], [900]]
+    by_bucket = {s.bucket: sorted(lengths[s.indices].tolist()) for s in plan}
+    assert by_bucket == {0: [10, 12, 15], 1: [200, 250, 300], 2: [900]}
+    assert plan.report["bucket_edges"] == [50, 500]
+
+
+def test_bucket_by_key() -> None:
+    table = laden.LengthTable.from_lengths([10, 10, 10, 10], key=[3, 1, 3, 1])
+    plan = TokenBudgetSampler(token_budget=1000, bucket_by="key").plan_epoch(table)
+    groups = sorted(sorted(s.indices.tolist()) for s in plan)
+    assert groups == [[0, 2], [1, 3]]
+    assert plan.report["bucket_keys"] == [1, 3]
+    with pytest.raises(laden.ConfigError, match="needs a length table with a key column"):
+        TokenBudgetSampler(token_budget=1000, bucket_by="key").plan_epoch(
+            laden.LengthTable.from_lengths([1, 2])
+        )
+
+
+def test_seed_and_epoch_are_not_added() -> None:
+    """PEERS: seed 42 epoch 1 must not equal seed 43 epoch 0."""
+    table = laden.LengthTable.from_lengths(LENGTHS[:3000])
+    sampler = TokenBudgetSampler(token_budget=8192)
+    a = sampler.plan_epoch(table, seed=42, epoch=1)
+    b = sampler.plan_epoch(table, seed=43, epoch=0)
+    assert not np.array_equal(a.order, b.order)
+
+
+def test_plans_are_byte_identical_for_the_same_seed() -> None:
+    table = laden.LengthTable.from_lengths(LENGTHS)
+    sampler = TokenBudgetSampler(token_budget=16384, num_buckets=4)
+    a = sampler.plan_epoch(table, seed=7, epoch=2)
+    b = sampler.plan_epoch(table, seed=7, epoch=2)
+    for name in ("order", "offsets", "max_length", "bucket"):
+        assert getattr(a, name).tobytes() == getattr(b, name).tobytes()
+    # Pinned: the same inputs must give this plan on every Python/numpy of the matrix.
+    assert a.digest() == PINNED_DIGEST
+
+
+PINNED_DIGEST = "3d53f46ad3d754a0567822c41d9c3c0d"
+
+
+def test_config_conflicts(kernel: laden.Kernel) -> None:
+    with pytest.raises(laden.ConfigError, match="sampler.num_buckets: give bucket_edges or"):
+        kernel.create("sampler", {"name": "token_budget", "token_budget": 10,
+                                  "num_buckets": 2, "bucket_edges": [5]})
+    with pytest.raises(laden.ConfigError, match=r"sampler.token_budget: must be > 0, got -5"):
+        kernel.create("sampler", {"name": "token_budget", "token_budget": -5})
+    with pytest.raises(laden.ConfigError, match=r"sampler.bucket_edges\[1\]: must increase"):
+        kernel.create("sampler", {"name": "token_budget", "token_budget": 10,
+                                  "bucket_edges": [5, 5]})
+
+
+def test_fixed_sampler_drop_last_reports() -> None:
+    plan = FixedSampler(batch_size=4, drop_last=True).plan_epoch(
+        laden.LengthTable.from_lengths(np.arange(10)), seed=1
+    )
+    assert len(plan) == 2
+    assert plan.dropped.size == 2
+    assert plan.report["dropped"] == {"drop_last": 2}
