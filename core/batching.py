@@ -7,6 +7,8 @@ holds lengths ``<= 256``, bucket 1 lengths in ``(256, 1024]`` and bucket 2
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 __all__ = [
@@ -145,7 +147,7 @@ def cut_descending(
     length_at = memoryview(np.ascontiguousarray(lengths_desc, dtype=np.int64))
     starts = []
     bounds = np.asarray(segment_bounds, dtype=np.int64).tolist()
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         i = a
         while i < b:
             starts.append(i)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
+
 from laden import __version__
 from laden.config import load_config
 from laden.errors import ConfigError, LadenError
@@ -152,9 +153,17 @@ def build_cli(kernel: Kernel) -> click.Group:
         """laden: turn training data into batches, fast and reproducibly."""
         ctx.obj = kernel
 
+    from laden.cli_data import analyze_command, lengths_group, suggest_command
     from laden.demo import demo_command
 
-    for command in (plugins_command, config_group, demo_command):
+    for command in (
+        plugins_command,
+        config_group,
+        lengths_group,
+        analyze_command,
+        suggest_command,
+        demo_command,
+    ):
         cli.add_command(command)
     kernel.hook.laden_add_commands(cli=cli, kernel=kernel)
     return cli

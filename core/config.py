@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import yaml
+
 from laden.errors import ConfigError
 from laden.kinds import KINDS
 from laden.serde import config_of

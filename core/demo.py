@@ -12,11 +12,11 @@ import os
 import re
 import sysconfig
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import click
 import numpy as np
+
 from laden.kernel import Kernel
 from laden.progress import Progress
 
@@ -71,32 +71,8 @@ def write_stdlib_dataset(
     return path, rows
 
 
-def _texts(path: Path) -> Iterator[str]:
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)["text"]
-
-
-def ascii_histogram(lengths: np.ndarray, *, bins: int = 12, width: int = 40) -> list[str]:
-    """A log-spaced histogram of lengths as text lines."""
-    if lengths.size == 0:
-        return ["(no samples)"]
-    lo, hi = max(int(lengths.min()), 1), max(int(lengths.max()), 2)
-    edges = np.unique(np.geomspace(lo, hi + 1, bins + 1).astype(np.int64))
-    counts, _ = np.histogram(lengths, bins=edges)
-    top = max(int(counts.max()), 1)
-    return [
-        f"{edges[i]:>8} - {edges[i + 1] - 1:<8} {'#' * round(width * c / top):<{width}} {c}"
-        for i, c in enumerate(counts)
-    ]
-
-
-def _summary(name: str, lengths: np.ndarray) -> str:
-    p = np.percentile(lengths, [50, 90, 99]) if lengths.size else [0, 0, 0]
-    return (
-        f"{name:<11} samples={lengths.size:,} tokens={int(lengths.sum()):,} "
-        f"p50={p[0]:.0f} p90={p[1]:.0f} p99={p[2]:.0f} max={int(lengths.max(initial=0)):,}"
-    )
+def _section(title: str) -> None:
+    click.echo(f"\n== {title}")
 
 
 @click.command("demo")
@@ -105,25 +81,111 @@ def _summary(name: str, lengths: np.ndarray) -> str:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("laden-demo"),
     show_default=True,
-    help="Where the demo writes its dataset and reports.",
+    help="Where the demo writes its dataset, length cache and report.",
 )
 @click.option("--workers", type=int, default=None, help="Worker processes (default: CPUs).")
+@click.option("--token-budget", type=int, default=16384, show_default=True)
+@click.option("--num-buckets", type=int, default=4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
-def demo_command(ctx: click.Context, output: Path, workers: int | None) -> None:
-    """Measure the Python standard library as a training set and show its lengths."""
+def demo_command(
+    ctx: click.Context,
+    output: Path,
+    workers: int | None,
+    token_budget: int,
+    num_buckets: int,
+    seed: int,
+) -> None:
+    """Batch the Python standard library as a training set, start to finish.
+
+    Writes the stdlib's top-level definitions as JSON lines, measures them with
+    the ``bytes`` tokenizer into a length cache, suggests bucket edges, and
+    compares random fixed-size batches with token-budget bucketed batches.
+    """
+    from laden.analysis import ascii_histogram, batch_metrics, length_stats, suggest_report
+    from laden.io import write_json
+    from laden.lengths import build_lengths
+    from laden.records import LengthTable
+
     kernel = ctx.find_object(Kernel)
     assert kernel is not None
     started = time.perf_counter()
     dataset, rows = write_stdlib_dataset(output, kernel, workers=workers)
     click.echo(f"dataset: {rows:,} samples (top-level definitions of the stdlib) -> {dataset}")
-    texts: Sequence[str] = list(_texts(dataset))
-    for name in ("bytes", "whitespace"):
-        tokenizer = kernel.create("tokenizer", name)
-        lengths = tokenizer.count(texts)
-        click.echo(_summary(name, lengths))
-        if name == "bytes":
-            click.echo("\nlength histogram (bytes tokenizer):")
-            for line in ascii_histogram(lengths):
-                click.echo("  " + line)
-            click.echo("")
-    click.echo(f"done in {time.perf_counter() - started:.1f}s; output in {output}/")
+
+    tokenizer = kernel.create("tokenizer", "bytes")
+    source = kernel.create("source", {"name": "jsonl", "path": str(dataset)})
+    executor = kernel.create("executor", {"name": "local", "workers": workers})
+    measured = build_lengths(source, tokenizer, output=output / "lengths", executor=executor)
+    click.echo(
+        f"lengths: {len(measured):,} samples measured (bytes tokenizer) -> {output / 'lengths'}"
+    )
+    # A model sees at most token_budget tokens of one sample: longer ones are cut,
+    # as a trainer would, and counted here.
+    too_long = int((measured.length > token_budget).sum())
+    table = LengthTable.from_lengths(np.minimum(measured.length, token_budget))
+
+    _section("length histogram")
+    stats = length_stats(table.length)
+    click.echo(
+        f"samples={stats['samples']:,} tokens={stats['tokens']:,} mean={stats['mean']:.0f} "
+        f"p50={stats['p50']:.0f} p90={stats['p90']:.0f} p99={stats['p99']:.0f} "
+        f"max={stats['max']:,} ({too_long:,} samples cut to {token_budget:,})"
+    )
+    for line in ascii_histogram(table.length):
+        click.echo("  " + line)
+
+    _section(f"suggested bucket edges ({num_buckets} buckets, exact DP)")
+    suggestion = suggest_report(table.length, num_buckets)
+    click.echo(f"edges: {suggestion['bucket_edges']}")
+    click.echo(
+        f"padding to the bucket edge: efficiency {suggestion['efficiency_to_edge']:.4f} "
+        f"(one bucket: {suggestion['single_bucket_efficiency']:.4f})"
+    )
+
+    _section(f"batching one epoch (token budget {token_budget:,})")
+    budget = kernel.create(
+        "sampler",
+        {
+            "name": "token_budget",
+            "token_budget": token_budget,
+            "bucket_edges": suggestion["bucket_edges"],
+        },
+    )
+    budget_plan = kernel.plan_epoch(budget, table, seed=seed)
+    budget_metrics = batch_metrics(budget_plan, table.length)
+    batch_size = max(round(len(table) / max(len(budget_plan), 1)), 1)
+    fixed = kernel.create("sampler", {"name": "fixed", "batch_size": batch_size})
+    fixed_plan = kernel.plan_epoch(fixed, table, seed=seed)
+    fixed_metrics = batch_metrics(fixed_plan, table.length)
+    over = int((fixed_plan.batch_sizes * fixed_plan.max_length > token_budget).sum())
+    click.echo(f"{'strategy':<34} {'batches':>8} {'efficiency':>10} {'padding tokens':>15}")
+    for label, metrics in (
+        (f"random fixed-size ({batch_size}/batch)", fixed_metrics),
+        ("token_budget, bucketed", budget_metrics),
+    ):
+        click.echo(
+            f"{label:<34} {metrics['batches']:>8,} {metrics['efficiency']:>10.4f} "
+            f"{metrics['padding_tokens']:>15,}"
+        )
+    click.echo(
+        f"random fixed-size batches over the budget: {over:,} of {len(fixed_plan):,}; "
+        "token_budget batches over it: 0"
+    )
+    saved = fixed_metrics["padded_tokens"] / max(budget_metrics["padded_tokens"], 1)
+    click.echo(f"token_budget computes {saved:.1f}x fewer padded tokens for the same samples")
+
+    report = {
+        "dataset": str(dataset),
+        "lengths": str(output / "lengths"),
+        "stats": stats,
+        "cut_to_budget": too_long,
+        "suggestion": suggestion,
+        "token_budget_plan": budget_metrics,
+        "random_fixed_plan": {"batch_size": batch_size, **fixed_metrics},
+    }
+    write_json(output / "report.json", report)
+    click.echo(
+        f"\ndone in {time.perf_counter() - started:.1f}s; dataset, length cache and "
+        f"report.json in {output}/"
+    )

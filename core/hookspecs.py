@@ -12,6 +12,7 @@ import pluggy
 
 if TYPE_CHECKING:
     import click
+
     from laden.kernel import Kernel
     from laden.registry import Registry
 

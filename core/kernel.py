@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 import cattrs
 import pluggy
+
 from laden import hookspecs
 from laden.errors import ConfigError, PluginLoadError
 from laden.kinds import KINDS, hook_name

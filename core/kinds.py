@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_chec
 
 if TYPE_CHECKING:
     import numpy as np
+
     from laden.records import EpochPlan, LengthTable, PackPlan
 
 __all__ = [

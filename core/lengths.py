@@ -13,8 +13,8 @@ It is written atomically: a crash leaves the previous cache (or none).
 
 from __future__ import annotations
 
+import itertools
 import os
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ def _encode_ids(ids: np.ndarray) -> dict[str, np.ndarray]:
 def _decode_ids(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     data = blob.tobytes()
     bounds = offsets.tolist()
-    return np.array([data[a:b].decode("utf-8") for a, b in zip(bounds, bounds[1:], strict=False)])
+    return np.array([data[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)])
 
 
 def save_lengths(table: LengthTable, directory: str | os.PathLike[str]) -> Path:
@@ -150,9 +150,8 @@ def build_lengths(
             cached = load_lengths(output)
         except DataError:
             cached = None  # damaged: measure again and overwrite
-        if cached is not None and all(
-            cached.meta.get(k) == identity[k] for k in ("dataset_digest", "tokenizer_hash", "source")
-        ):
+        same = ("dataset_digest", "tokenizer_hash", "source")
+        if cached is not None and all(cached.meta.get(k) == identity[k] for k in same):
             return LengthTable(
                 length=cached.length,
                 offset=cached.offset,
@@ -209,6 +208,7 @@ def _assemble(source: Any, parts: list[tuple[Any, int]]) -> LengthTable:
     offset = cat("offset")
     key = None
     if any(p.key is not None for p, _ in parts):
+
         def keys_of(p: Any) -> np.ndarray:
             return p.key if p.key is not None else np.full(p.length.size, -1, dtype=np.int64)
 

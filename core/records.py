@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+
 from laden.errors import ConfigError
 
 __all__ = ["BatchSpec", "EpochPlan", "LengthTable", "PackPlan", "array_digest"]

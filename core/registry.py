@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import attrs
+
 from laden.errors import (
     DuplicateStrategyError,
     MissingDependencyError,

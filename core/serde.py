@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
 from laden.errors import ConfigError
 
 __all__ = ["canonical_json", "config_of", "digest", "make_converter", "structure_config"]

@@ -15,11 +15,12 @@ the same contract.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pytest
+
 from laden.kernel import Kernel
 
 __all__ = ["check_sampler", "kernel", "make_kernel", "registered"]
@@ -133,7 +134,8 @@ def check_sampler(cls: type[Any], *, max_examples: int = 60, **config: Any) -> N
         except laden.DataError:
             # A policy of "error" may refuse over-long samples, and only then.
             limit = getattr(sampler, "max_sample_length", None)
-            assert limit is not None and int(lengths.max()) > limit
+            assert limit is not None
+            assert int(lengths.max()) > limit
             return
         _check_plan_invariants(sampler, table, plan)
         again = sampler.plan_epoch(table, epoch=epoch, seed=seed)
@@ -142,7 +144,8 @@ def check_sampler(cls: type[Any], *, max_examples: int = 60, **config: Any) -> N
     properties()
 
     empty = sampler.plan_epoch(laden.LengthTable.from_lengths(np.zeros(0, np.int64)))
-    assert len(empty) == 0 and empty.order.size == 0
+    assert len(empty) == 0
+    assert empty.order.size == 0
     one = sampler.plan_epoch(laden.LengthTable.from_lengths([5]))
     assert (len(one), one.order.tolist()) == (1, [0]) or one.dropped.tolist() == [0]
 

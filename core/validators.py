@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
+
 from laden.errors import ConfigError
 
 __all__ = ["at_least", "greater_than", "increasing", "one_of", "optional", "positive"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
-import laden
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+import laden
 from laden.progress import Progress
 
 

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import click
-import laden
 import pytest
 from click.testing import CliRunner
+
+import laden
 from laden.cli import build_cli
 from laden.testing import registered
 

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import attrs
-import laden
 import pytest
+
+import laden
 from laden.errors import ConfigError
 from laden.testing import registered
 from laden.validators import increasing, one_of, optional, positive

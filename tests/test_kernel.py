@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import ClassVar
 
 import attrs
-import laden
 import pytest
+
+import laden
 from laden.errors import PluginLoadError
 from laden.kinds import KINDS
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import laden
 import numpy as np
+
+import laden
 from laden.testing import registered
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import attrs
-import laden
 import pytest
+
+import laden
 from laden.errors import (
     DuplicateStrategyError,
     MissingDependencyError,

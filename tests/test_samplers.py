@@ -46,8 +46,9 @@ LENGTHS = np.clip(np.random.default_rng(0).lognormal(5.5, 0.9, 20_000), 8, 4096)
 
 def test_token_budget_is_far_tighter_than_random_fixed_batches(kernel: laden.Kernel) -> None:
     table = laden.LengthTable.from_lengths(LENGTHS)
-    budget = kernel.create("sampler", {"name": "token_budget", "token_budget": 16384,
-                                       "num_buckets": 4})
+    budget = kernel.create(
+        "sampler", {"name": "token_budget", "token_budget": 16384, "num_buckets": 4}
+    )
     plan = budget.plan_epoch(table, seed=0)
     fixed = kernel.create("sampler", {"name": "fixed", "batch_size": 32}).plan_epoch(table)
     assert plan.efficiency(LENGTHS) > 0.97
@@ -149,14 +150,17 @@ PINNED_DIGEST = "3d53f46ad3d754a0567822c41d9c3c0d"
 
 
 def test_config_conflicts(kernel: laden.Kernel) -> None:
-    with pytest.raises(laden.ConfigError, match="sampler.num_buckets: give bucket_edges or"):
-        kernel.create("sampler", {"name": "token_budget", "token_budget": 10,
-                                  "num_buckets": 2, "bucket_edges": [5]})
+    with pytest.raises(laden.ConfigError, match=r"sampler\.num_buckets: give bucket_edges or"):
+        kernel.create(
+            "sampler",
+            {"name": "token_budget", "token_budget": 10, "num_buckets": 2, "bucket_edges": [5]},
+        )
     with pytest.raises(laden.ConfigError, match=r"sampler.token_budget: must be > 0, got -5"):
         kernel.create("sampler", {"name": "token_budget", "token_budget": -5})
     with pytest.raises(laden.ConfigError, match=r"sampler.bucket_edges\[1\]: must increase"):
-        kernel.create("sampler", {"name": "token_budget", "token_budget": 10,
-                                  "bucket_edges": [5, 5]})
+        kernel.create(
+            "sampler", {"name": "token_budget", "token_budget": 10, "bucket_edges": [5, 5]}
+        )
 
 
 def test_fixed_sampler_drop_last_reports() -> None:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import attrs
 import numpy as np
+
 from laden.hookspecs import hookimpl
 from laden.registry import Registry
 from laden.validators import one_of

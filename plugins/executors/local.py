@@ -10,6 +10,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import ClassVar, TypeVar
 
 import attrs
+
 from laden.hookspecs import hookimpl
 from laden.registry import Registry
 from laden.validators import at_least, one_of, optional

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -143,7 +144,7 @@ class JsonlSource:
                 f.seek(target - 1)
                 f.readline()  # move to the start of the next line
                 bounds.append(min(f.tell(), size))
-        return list(zip(bounds[:-1], bounds[1:], strict=True))
+        return list(itertools.pairwise(bounds))
 
     def measure(self, start: int, end: int, tokenizer: Any) -> ChunkMeasure:
         """Measure the rows in ``[start, end)`` with ``tokenizer`` (runs in a worker)."""

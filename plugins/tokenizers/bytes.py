@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import attrs
 import numpy as np
+
 from laden.hookspecs import hookimpl
 from laden.registry import Registry
 from laden.serde import canonical_json, config_of, digest

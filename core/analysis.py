@@ -1,0 +1,212 @@
+"""Length and batch analysis: histograms, percentiles, bucket efficiency, batch metrics."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from laden.batching import padding_to_edges, suggest_bucket_edges
+from laden.errors import MissingDependencyError
+from laden.io import atomic_write_bytes
+from laden.records import EpochPlan
+
+__all__ = [
+    "ascii_histogram",
+    "batch_metrics",
+    "bucket_report",
+    "length_stats",
+    "plot_histogram",
+    "recommendations",
+    "suggest_report",
+]
+
+PERCENTILES = (50, 90, 95, 99)
+
+
+def length_stats(lengths: np.ndarray) -> dict[str, Any]:
+    """Count, tokens, min, max, mean and percentiles of sample lengths."""
+    lengths = np.asarray(lengths)
+    if lengths.size == 0:
+        return {"samples": 0, "tokens": 0}
+    p = np.percentile(lengths, PERCENTILES)
+    return {
+        "samples": int(lengths.size),
+        "tokens": int(lengths.sum()),
+        "min": int(lengths.min()),
+        "max": int(lengths.max()),
+        "mean": round(float(lengths.mean()), 2),
+        **{f"p{q}": float(v) for q, v in zip(PERCENTILES, p, strict=True)},
+    }
+
+
+def histogram(lengths: np.ndarray, bins: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Counts over log-spaced integer bins; returns ``(edges, counts)``."""
+    lengths = np.asarray(lengths)
+    lo, hi = max(int(lengths.min(initial=1)), 1), max(int(lengths.max(initial=1)), 2)
+    edges = np.unique(np.geomspace(lo, hi + 1, bins + 1).astype(np.int64))
+    counts, _ = np.histogram(np.maximum(lengths, lo), bins=edges)
+    return edges, counts
+
+
+def ascii_histogram(lengths: np.ndarray, *, bins: int = 16, width: int = 40) -> list[str]:
+    """A log-spaced histogram of lengths as text lines (``lo - hi  ####  count``)."""
+    if np.asarray(lengths).size == 0:
+        return ["(no samples)"]
+    edges, counts = histogram(lengths, bins)
+    top = max(int(counts.max()), 1)
+    return [
+        f"{edges[i]:>8} - {edges[i + 1] - 1:<8} {'#' * round(width * c / top):<{width}} {c}"
+        for i, c in enumerate(counts)
+    ]
+
+
+def plot_histogram(
+    lengths: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    edges: Sequence[int] = (),
+    title: str = "sample lengths",
+) -> Path:
+    """Write a PNG histogram (log-spaced bins, bucket edges as lines). Needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MissingDependencyError("plot", "png", ["matplotlib"], "plot") from exc
+    bin_edges, counts = histogram(lengths, 40)
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    ax.stairs(counts, bin_edges, fill=True, color="#4c72b0")
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens per sample")
+    ax.set_ylabel("samples")
+    ax.set_title(title)
+    for edge in edges:
+        ax.axvline(edge, color="#c44e52", linestyle="--", linewidth=1)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    plt.close(fig)
+    target = Path(path)
+    atomic_write_bytes(target, buffer.getvalue())
+    return target
+
+
+def bucket_report(lengths: np.ndarray, edges: Sequence[int]) -> list[dict[str, Any]]:
+    """Per bucket: range, samples, share, tokens and padding efficiency.
+
+    ``efficiency_to_edge`` pads every sample to the bucket's upper edge (the
+    worst case for a batch of that bucket); ``efficiency_to_max`` to the
+    longest sample actually in the bucket. The bucket above the last edge is
+    the overflow bucket (no edge).
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    edge_array = np.asarray(edges, dtype=np.int64)
+    bucket = np.searchsorted(edge_array, lengths, side="left")
+    total = max(lengths.size, 1)
+    rows = []
+    for b in range(edge_array.size + 1):
+        members = lengths[bucket == b]
+        lo = int(edge_array[b - 1]) + 1 if b else 0
+        hi = int(edge_array[b]) if b < edge_array.size else None
+        tokens = int(members.sum())
+        longest = int(members.max(initial=0))
+        row: dict[str, Any] = {
+            "bucket": b,
+            "range": [lo, hi],
+            "samples": int(members.size),
+            "share": members.size / total,
+            "tokens": tokens,
+            "max": longest,
+            "efficiency_to_max": tokens / max(members.size * longest, 1) if members.size else None,
+            "efficiency_to_edge": (
+                tokens / max(members.size * hi, 1) if members.size and hi is not None else None
+            ),
+        }
+        rows.append(row)
+    return rows
+
+
+def recommendations(lengths: np.ndarray, edges: Sequence[int]) -> list[str]:
+    """Plain advice on a bucketing: crowded or wasteful buckets, better edges."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    out = []
+    if lengths.size == 0:
+        return ["the table is empty"]
+    rows = bucket_report(lengths, edges)
+    overflow = rows[-1]
+    if edges and overflow["samples"]:
+        out.append(
+            f"{overflow['samples']:,} samples ({overflow['share']:.1%}) are longer than the "
+            f"last edge {edges[-1]}: raise it to {overflow['max']} or choose an overflow policy"
+        )
+    for row in rows:
+        eff = row["efficiency_to_edge"]
+        if eff is not None and eff < 0.75 and row["samples"]:
+            out.append(
+                f"bucket {row['bucket']} {row['range']} wastes {1 - eff:.0%} to padding at its "
+                "edge: split it"
+            )
+        if row["share"] > 0.6 and len(rows) > 1:
+            out.append(
+                f"bucket {row['bucket']} holds {row['share']:.0%} of the samples: add an edge "
+                "inside it"
+            )
+    current = padding_to_edges(lengths, (*edges, int(lengths.max())))
+    better = suggest_bucket_edges(lengths, len(edges) + 1)  # as many buckets as now
+    best = padding_to_edges(lengths, better)
+    if best < 0.9 * current:
+        out.append(
+            f"edges {better.tolist()} pad {best:,} tokens instead of {current:,} "
+            f"({1 - best / max(current, 1):.0%} less): `laden suggest --num-buckets {better.size}`"
+        )
+    return out or ["the bucketing is sound"]
+
+
+def suggest_report(lengths: np.ndarray, num_buckets: int) -> dict[str, Any]:
+    """Suggested edges with the padding they leave, against a single bucket."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    edges = suggest_bucket_edges(lengths, num_buckets)
+    tokens = int(lengths.sum())
+    padded = padding_to_edges(lengths, edges)
+    single = padding_to_edges(lengths, edges[-1:]) if edges.size else 0
+    return {
+        "num_buckets": num_buckets,
+        "bucket_edges": edges.tolist(),
+        "padding_tokens": padded,
+        "efficiency_to_edge": tokens / max(tokens + padded, 1),
+        "single_bucket_efficiency": tokens / max(tokens + single, 1),
+        "buckets": bucket_report(lengths, edges[:-1]) if edges.size else [],
+    }
+
+
+def batch_metrics(plan: EpochPlan, lengths: np.ndarray, *, top: int = 10) -> dict[str, Any]:
+    """Efficiency (real / padded tokens), padding waste and the batch-shape histogram."""
+    sizes = plan.batch_sizes
+    real = plan.real_tokens(lengths)
+    padded = plan.padded_tokens()
+    shapes: dict[str, int] = {}
+    if sizes.size:
+        pairs, counts = np.unique(np.stack([sizes, plan.max_length]), axis=1, return_counts=True)
+        ranked = np.argsort(-counts, kind="stable")[:top]
+        shapes = {f"{pairs[0, i]}x{pairs[1, i]}": int(counts[i]) for i in ranked}
+    return {
+        "batches": int(sizes.size),
+        "samples": int(plan.order.size),
+        "dropped": int(plan.dropped.size),
+        "truncated": int(plan.truncated.size),
+        "real_tokens": real,
+        "padded_tokens": padded,
+        "padding_tokens": padded - real,
+        "efficiency": real / max(padded, 1),
+        "batch_size": length_stats(sizes) if sizes.size else {},
+        "distinct_shapes": int(np.unique(np.stack([sizes, plan.max_length]), axis=1).shape[1])
+        if sizes.size
+        else 0,
+        "top_shapes": shapes,
+    }

@@ -1,0 +1,286 @@
+"""``laden lengths``, ``laden analyze`` and ``laden suggest``: measure and study a dataset."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from typing import Any
+
+import click
+import numpy as np
+
+from laden.analysis import (
+    ascii_histogram,
+    batch_metrics,
+    bucket_report,
+    length_stats,
+    plot_histogram,
+    recommendations,
+    suggest_report,
+)
+from laden.errors import ConfigError
+from laden.kernel import Kernel
+from laden.lengths import build_lengths, load_lengths
+
+__all__ = ["analyze_command", "lengths_group", "suggest_command"]
+
+
+def _kernel() -> Kernel:
+    kernel = click.get_current_context().find_object(Kernel)
+    assert kernel is not None
+    return kernel
+
+
+def _emit(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are JSON where they parse (``3``, ``true``), else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=flag)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _edges(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        edges = tuple(int(e) for e in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected integers like 256,512,1024, got {text!r}") from None
+    if any(b <= a for a, b in itertools.pairwise(edges)) or edges[0] < 1:
+        raise click.BadParameter(f"edges must be positive and increase strictly, got {text!r}")
+    return edges
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if value < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+# ------------------------------------------------------------------- lengths
+
+
+@click.group("lengths")
+def lengths_group() -> None:
+    """Measure datasets into length caches and inspect them."""
+
+
+@lengths_group.command("build")
+@click.argument("dataset", type=click.Path(exists=True, dir_okay=False))
+@click.option("--tokenizer", default="bytes", show_default=True, help="Tokenizer name.")
+@click.option(
+    "-T",
+    "--tokenizer-option",
+    "tokenizer_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A tokenizer setting, e.g. -T path=tokenizer.json (repeatable).",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The length cache directory to write.",
+)
+@click.option("--workers", type=int, default=None, help="Worker processes (default: CPUs).")
+@click.option(
+    "--on-error",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="Stop at a malformed line, or skip and count it.",
+)
+@click.option("--text-field", default="text", show_default=True)
+@click.option("--no-reuse", is_flag=True, help="Measure again even if the cache matches.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def lengths_build(
+    dataset: str,
+    tokenizer: str,
+    tokenizer_options: tuple[str, ...],
+    output: str,
+    workers: int | None,
+    on_error: str,
+    text_field: str,
+    no_reuse: bool,
+    as_json: bool,
+) -> None:
+    """Measure every row of DATASET (JSON lines) with a tokenizer into a length cache."""
+    kernel = _kernel()
+    tok = kernel.create(
+        "tokenizer",
+        {"name": tokenizer, **_options(tokenizer_options, "--tokenizer-option")},
+    )
+    source = kernel.create(
+        "source",
+        {"name": "jsonl", "path": dataset, "on_error": on_error, "text_field": text_field},
+    )
+    executor = kernel.create("executor", {"name": "local", "workers": workers})
+    started = time.perf_counter()
+    table = build_lengths(source, tok, output=output, executor=executor, reuse=not no_reuse)
+    summary = {
+        "output": output,
+        "samples": len(table),
+        "tokens": table.num_tokens,
+        "skipped": table.meta.get("skipped", 0),
+        "skipped_lines": table.meta.get("skipped_lines", []),
+        "reused": bool(table.meta.get("reused", False)),
+        "seconds": round(time.perf_counter() - started, 3),
+        "dataset_digest": table.meta.get("dataset_digest"),
+        "tokenizer_hash": table.meta.get("tokenizer_hash"),
+    }
+    if as_json:
+        _emit(summary)
+        return
+    state = "reused" if summary["reused"] else "measured"
+    click.echo(
+        f"{state} {summary['samples']:,} samples, {summary['tokens']:,} tokens "
+        f"in {summary['seconds']:.2f}s -> {output}"
+    )
+    if summary["skipped"]:
+        lines = ", ".join(str(n) for n in summary["skipped_lines"][:10])
+        click.echo(f"skipped {summary['skipped']:,} malformed line(s): {lines}")
+
+
+@lengths_group.command("stats")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also write a PNG histogram.")
+def lengths_stats(directory: str, as_json: bool, plot: str | None) -> None:
+    """Length statistics and histogram of a length cache."""
+    table = load_lengths(directory)
+    stats = length_stats(table.length)
+    meta = {k: table.meta.get(k) for k in ("dataset", "tokenizer", "skipped")}
+    if plot:
+        plot_histogram(table.length, plot, title=f"{directory}: sample lengths")
+    if as_json:
+        _emit({**stats, **meta, "plot": plot})
+        return
+    click.echo(f"{directory}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in stats.items()))
+    click.echo(f"dataset={meta['dataset']} tokenizer={meta['tokenizer']}")
+    for line in ascii_histogram(table.length):
+        click.echo("  " + line)
+    if plot:
+        click.echo(f"plot: {plot}")
+
+
+# ------------------------------------------------------------------- analyze
+
+
+@click.command("analyze")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--bucket-edges", help="Upper bucket edges, e.g. 256,512,1024.")
+@click.option(
+    "--token-budget",
+    type=int,
+    default=16384,
+    show_default=True,
+    help="Token budget of the simulated token_budget plan.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Also write a PNG histogram.")
+def analyze_command(
+    directory: str,
+    bucket_edges: str | None,
+    token_budget: int,
+    seed: int,
+    as_json: bool,
+    plot: str | None,
+) -> None:
+    """Bucket efficiency, recommendations and batch metrics for a length cache."""
+    if token_budget <= 0:
+        raise ConfigError(f"must be > 0, got {token_budget}", path=("token_budget",))
+    table = load_lengths(directory)
+    edges = _edges(bucket_edges)
+    kernel = _kernel()
+    sampler = kernel.create(
+        "sampler",
+        {
+            "name": "token_budget",
+            "token_budget": token_budget,
+            "bucket_edges": list(edges),
+            "overflow": "alone",
+        },
+    )
+    plan = kernel.plan_epoch(sampler, table, seed=seed)
+    fixed_size = max(int(np.median(plan.batch_sizes)) if len(plan) else 1, 1)
+    random_plan = kernel.create("sampler", {"name": "fixed", "batch_size": fixed_size})
+    baseline = batch_metrics(random_plan.plan_epoch(table, seed=seed), table.length)
+    result = {
+        "lengths": length_stats(table.length),
+        "bucket_edges": list(edges),
+        "buckets": bucket_report(table.length, edges),
+        "recommendations": recommendations(table.length, edges),
+        "token_budget_plan": batch_metrics(plan, table.length),
+        "random_fixed_plan": {"batch_size": fixed_size, **baseline},
+    }
+    if plot:
+        plot_histogram(table.length, plot, edges=edges, title=f"{directory}: lengths and edges")
+        result["plot"] = plot
+    if as_json:
+        _emit(result)
+        return
+    click.echo("bucket  range            samples    share  eff@edge  eff@max")
+    for row in result["buckets"]:
+        lo, hi = row["range"]
+        span = f"{lo}-{hi if hi is not None else 'inf'}"
+        e_edge = "-" if row["efficiency_to_edge"] is None else f"{row['efficiency_to_edge']:.3f}"
+        e_max = "-" if row["efficiency_to_max"] is None else f"{row['efficiency_to_max']:.3f}"
+        click.echo(
+            f"{row['bucket']:>6}  {span:<15} {row['samples']:>8,}  {row['share']:>6.1%}"
+            f"  {e_edge:>8}  {e_max:>7}"
+        )
+    metrics = result["token_budget_plan"]
+    click.echo(
+        f"\ntoken_budget {token_budget}: {metrics['batches']:,} batches, efficiency "
+        f"{metrics['efficiency']:.4f}, padding {metrics['padding_tokens']:,} tokens, "
+        f"{metrics['distinct_shapes']:,} distinct shapes"
+    )
+    click.echo(
+        f"random fixed batches of {fixed_size}: efficiency {baseline['efficiency']:.4f}, "
+        f"padding {baseline['padding_tokens']:,} tokens"
+    )
+    click.echo(
+        "top batch shapes (size x max_length): "
+        + ", ".join(
+            f"{shape} ({count})" for shape, count in list(metrics["top_shapes"].items())[:5]
+        )
+    )
+    click.echo("\nrecommendations:")
+    for line in result["recommendations"]:
+        click.echo(f"  - {line}")
+    if plot:
+        click.echo(f"plot: {plot}")
+
+
+@click.command("suggest")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--num-buckets", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def suggest_command(directory: str, num_buckets: int, as_json: bool) -> None:
+    """Bucket edges that minimise padding (exact dynamic programming)."""
+    table = load_lengths(directory)
+    report = suggest_report(table.length, num_buckets)
+    if as_json:
+        _emit(report)
+        return
+    click.echo(f"bucket edges: {','.join(str(e) for e in report['bucket_edges'])}")
+    click.echo(
+        f"padding to edges: {report['padding_tokens']:,} tokens, efficiency "
+        f"{report['efficiency_to_edge']:.4f} (one bucket: "
+        f"{report['single_bucket_efficiency']:.4f})"
+    )
