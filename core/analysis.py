@@ -152,7 +152,8 @@ def recommendations(lengths: np.ndarray, edges: Sequence[int]) -> list[str]:
                 f"bucket {row['bucket']} {row['range']} wastes {1 - eff:.0%} to padding at its "
                 "edge: split it"
             )
-        if row["share"] > 0.6 and len(rows) > 1:
+        crowded_and_loose = eff is not None and eff < 0.9 and row["share"] > 0.6
+        if crowded_and_loose and len(rows) > 1:
             out.append(
                 f"bucket {row['bucket']} holds {row['share']:.0%} of the samples: add an edge "
                 "inside it"
@@ -181,7 +182,7 @@ def suggest_report(lengths: np.ndarray, num_buckets: int) -> dict[str, Any]:
         "padding_tokens": padded,
         "efficiency_to_edge": tokens / max(tokens + padded, 1),
         "single_bucket_efficiency": tokens / max(tokens + single, 1),
-        "buckets": bucket_report(lengths, edges[:-1]) if edges.size else [],
+        "buckets": bucket_report(lengths, edges[:-1].tolist()) if edges.size else [],
     }
 
 

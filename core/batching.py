@@ -94,12 +94,12 @@ def suggest_bucket_edges(
         arg = np.full(v, -1, dtype=np.int64)
         k = np.arange(v - 1)  # the previous bucket ends at k; this one covers k+1..j
         for j0 in range(1, v, block):
-            j = np.arange(j0, min(j0 + block, v))[:, None]
-            cost = prev[k] + fv[j] * (cc[j + 1] - cc[k + 1]) - (cs[j + 1] - cs[k + 1])
-            cost[k >= j] = np.inf
+            cols = np.arange(j0, min(j0 + block, v))[:, None]  # this bucket ends here
+            cost = prev[k] + fv[cols] * (cc[cols + 1] - cc[k + 1]) - (cs[cols + 1] - cs[k + 1])
+            cost[k >= cols] = np.inf
             pick = np.argmin(cost, axis=1)
-            low = cost[np.arange(j.shape[0]), pick]
-            rows = j[:, 0]
+            low = cost[np.arange(cols.shape[0]), pick]
+            rows = cols[:, 0]
             better = low < new[rows]
             new[rows[better]] = low[better]
             arg[rows[better]] = pick[better]
@@ -144,7 +144,7 @@ def cut_descending(
     if max_batch_size is not None:
         np.minimum(sizes, max_batch_size, out=sizes)
     size_of = sizes.tolist()
-    length_at = memoryview(np.ascontiguousarray(lengths_desc, dtype=np.int64))
+    length_at = np.ascontiguousarray(lengths_desc, dtype=np.int64).data
     starts = []
     bounds = np.asarray(segment_bounds, dtype=np.int64).tolist()
     for a, b in itertools.pairwise(bounds):

@@ -220,7 +220,7 @@ def analyze_command(
     fixed_size = max(int(np.median(plan.batch_sizes)) if len(plan) else 1, 1)
     random_plan = kernel.create("sampler", {"name": "fixed", "batch_size": fixed_size})
     baseline = batch_metrics(random_plan.plan_epoch(table, seed=seed), table.length)
-    result = {
+    result: dict[str, Any] = {
         "lengths": length_stats(table.length),
         "bucket_edges": list(edges),
         "buckets": bucket_report(table.length, edges),

@@ -126,7 +126,8 @@ def read_array(directory: Path, info: Mapping[str, Any]) -> np.ndarray:
         raise DataError(f"holds {len(raw)} bytes, expected {expected}", file=str(path))
     if hashlib.blake2b(raw, digest_size=16).hexdigest() != info["blake2b"]:
         raise DataError("checksum mismatch: the file was altered", file=str(path))
-    return np.frombuffer(raw, dtype=dtype).reshape(info["shape"]).copy()
+    array: np.ndarray = np.frombuffer(raw, dtype=dtype).reshape(info["shape"]).copy()
+    return array
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -101,7 +101,7 @@ def test_plugins_add_commands(kernel: laden.Kernel) -> None:
 
     with registered(kernel, Plugin()):
         result = run(kernel, "hello")
-    assert result.output == "hello bytes,whitespace\n"
+    assert result.output == "hello bytes,hf,whitespace\n"
     assert "No such command" in CliRunner().invoke(build_cli(kernel), ["hello"]).output
 
 
@@ -148,6 +148,16 @@ def test_demo_runs_on_the_standard_library(tmp_path: Path) -> None:
         check=True,
         timeout=300,
     )
-    assert "samples (top-level definitions of the stdlib)" in out.stdout
-    assert (tmp_path / "demo" / "stdlib.jsonl").stat().st_size > 1_000_000
-    assert str(tmp_path / "demo") in out.stdout
+    text = out.stdout
+    assert "samples (top-level definitions of the stdlib)" in text
+    assert "== suggested bucket edges (4 buckets, exact DP)" in text
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    # Real numbers from this machine's standard library.
+    assert report["stats"]["samples"] > 1000
+    assert len(report["suggestion"]["bucket_edges"]) == 4
+    budget, fixed = report["token_budget_plan"], report["random_fixed_plan"]
+    assert budget["samples"] == fixed["samples"] == report["stats"]["samples"]
+    assert budget["efficiency"] > 0.95 > fixed["efficiency"]
+    assert f"{budget['efficiency']:.4f}" in text
+    assert (tmp_path / "demo" / "lengths" / "meta.json").exists()
+    assert str(tmp_path / "demo") in text

@@ -4,7 +4,8 @@ Fenced blocks:
 
 - ``python``: executed in one namespace per page, in a fresh directory; a block
   whose first line is ``# name.py`` is written to that file instead (importable).
-- ``toml``/``yaml`` whose first line is ``# name.ext``: written to that file.
+- ``toml``/``yaml`` whose first line is ``# name.ext``: written to that file;
+  ``json`` too, without that line.
 - ``console``: each ``$ command`` runs in a shell; the lines after it are the
   expected output, where ``...`` stands for any text (a whole ``...`` line for
   any number of lines).
@@ -75,6 +76,8 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         header = FILE_HEADER.match(body)
         if header and lang in ("python", "toml", "yaml"):
             (tmp_path / header[1]).write_text(body)
+        elif header and lang == "json":  # JSON has no comments: the header is dropped
+            (tmp_path / header[1]).write_text(body[header.end() :])
         elif lang == "python":
             exec(compile(body, where, "exec"), namespace)
         elif lang == "console":

@@ -14,7 +14,7 @@ import laden
 from laden.errors import PluginLoadError
 from laden.kinds import KINDS
 
-BUILTINS = {"bytes", "whitespace", "local", "numpy"}
+BUILTINS = {"bytes", "whitespace", "hf", "local", "numpy", "jsonl", "fixed", "token_budget"}
 
 
 def make_dist(root: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
@@ -89,7 +89,7 @@ def test_disable_by_entry_point_name(third_party: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("LADEN_DISABLE_PLUGINS", "shout, whitespace")
     kernel = laden.Kernel()
     names = kernel.registry("tokenizer").names()
-    assert names == ["bytes"]
+    assert names == ["bytes", "hf"]
     assert kernel.disabled == {"shout", "whitespace"}
 
 
@@ -140,7 +140,9 @@ def test_explicit_plugins_after_entry_points(make_kernel) -> None:  # type: igno
 def test_every_kind_has_a_registry(kernel: laden.Kernel) -> None:
     for kind in KINDS:
         assert kernel.registry(kind).kind == kind
-    assert kernel.registry("tokenizer").names() == ["bytes", "whitespace"]
+    assert kernel.registry("tokenizer").names() == ["bytes", "hf", "whitespace"]
+    assert kernel.registry("sampler").names() == ["fixed", "token_budget"]
+    assert kernel.registry("source").names() == ["jsonl"]
 
 
 def test_trace_hooks_writes_calls(

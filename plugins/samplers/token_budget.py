@@ -23,7 +23,8 @@ def _gather_segments(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     if total == 0:
         return np.zeros(0, dtype=np.int64)
     out_starts = np.cumsum(sizes) - sizes
-    return np.arange(total, dtype=np.int64) - np.repeat(out_starts - starts, sizes)
+    gathered: np.ndarray = np.arange(total, dtype=np.int64) - np.repeat(out_starts - starts, sizes)
+    return gathered
 
 
 @attrs.frozen(kw_only=True)

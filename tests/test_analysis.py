@@ -1,0 +1,231 @@
+"""Analysis: exact bucket edges, reports, metrics, and the data commands."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import laden
+from laden.analysis import (
+    ascii_histogram,
+    batch_metrics,
+    bucket_report,
+    length_stats,
+    recommendations,
+    suggest_report,
+)
+from laden.batching import padding_to_edges, suggest_bucket_edges
+from laden.cli import build_cli
+from laden.lengths import save_lengths
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=40), st.integers(1, 5))
+def test_suggested_edges_are_optimal(lengths: list[int], k: int) -> None:
+    """Exact: no other choice of at most k edges pads less (brute force)."""
+    array = np.asarray(lengths)
+    edges = suggest_bucket_edges(array, k)
+    values = np.unique(array)
+    assert edges.size <= k
+    assert edges[-1] == values[-1]
+    best = min(
+        padding_to_edges(array, (*combo, int(values[-1])))
+        for r in range(k)
+        for combo in itertools.combinations(values[:-1].tolist(), r)
+    )
+    assert padding_to_edges(array, edges) == best
+
+
+def test_suggest_on_binned_histogram_beats_quantiles() -> None:
+    lengths = np.clip(np.random.default_rng(0).lognormal(5.5, 0.9, 200_000), 8, 4096)
+    lengths = lengths.astype(np.int64)
+    edges = suggest_bucket_edges(lengths, 4, max_bins=512)
+    quantiles = np.quantile(lengths, [0.25, 0.5, 0.75, 1.0]).astype(np.int64)
+    assert edges[-1] == 4096
+    assert padding_to_edges(lengths, edges) < 0.8 * padding_to_edges(lengths, quantiles)
+
+
+def test_length_stats_and_histogram() -> None:
+    stats = length_stats(np.array([1, 2, 3, 4, 100]))
+    assert stats["samples"] == 5
+    assert stats["tokens"] == 110
+    assert stats["max"] == 100
+    assert stats["p50"] == 3.0
+    lines = ascii_histogram(np.array([1, 2, 3, 4, 100]), bins=4)
+    assert sum(int(line.split()[-1]) for line in lines) == 5
+    assert ascii_histogram(np.zeros(0)) == ["(no samples)"]
+
+
+def test_bucket_report_and_recommendations() -> None:
+    lengths = np.array([10] * 90 + [1000] * 10)
+    rows = bucket_report(lengths, (500,))
+    assert [r["samples"] for r in rows] == [90, 10]
+    assert rows[0]["efficiency_to_edge"] == pytest.approx(10 / 500)
+    assert rows[0]["efficiency_to_max"] == 1.0
+    assert rows[1]["range"] == [501, None]
+    advice = recommendations(lengths, (500,))
+    assert any("longer than the last edge 500" in a for a in advice)
+    assert any("bucket 0 [0, 500] wastes 98%" in a for a in advice)
+    assert recommendations(lengths, (10, 1000)) == ["the bucketing is sound"]
+
+
+def test_batch_metrics() -> None:
+    lengths = np.array([4, 2, 3, 1])
+    plan = laden.EpochPlan(order=[0, 1, 2, 3], offsets=[0, 2, 4], max_length=[4, 3], bucket=[0, 0])
+    m = batch_metrics(plan, lengths)
+    assert (m["real_tokens"], m["padded_tokens"], m["padding_tokens"]) == (10, 14, 4)
+    assert m["efficiency"] == pytest.approx(10 / 14)
+    assert m["top_shapes"] == {"2x3": 1, "2x4": 1}
+
+
+def test_suggest_report() -> None:
+    report = suggest_report(np.array([5, 5, 6, 100]), 2)
+    assert report["bucket_edges"] == [6, 100]
+    assert report["padding_tokens"] == 2  # two 5s padded to 6
+    assert report["efficiency_to_edge"] > report["single_bucket_efficiency"]
+
+
+# ------------------------------------------------------------------ commands
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    lengths = np.clip(np.random.default_rng(1).lognormal(5, 1, 5000), 1, 3000).astype(np.int64)
+    return save_lengths(laden.LengthTable.from_lengths(lengths), tmp_path / "cache")
+
+
+def invoke(kernel: laden.Kernel, *args: str) -> object:
+    result = CliRunner().invoke(build_cli(kernel), list(args))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_lengths_build_and_stats_commands(kernel: laden.Kernel, tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "abc"}\n{"text": "de"}\nnot json\n')
+    out = tmp_path / "lens"
+    bad = CliRunner().invoke(build_cli(kernel), ["lengths", "build", str(data), "-o", str(out)])
+    assert bad.exit_code == 1
+    assert f"{data}:3: invalid JSON" in bad.output
+    assert not out.exists()
+    result = invoke(
+        kernel,
+        "lengths",
+        "build",
+        str(data),
+        "-o",
+        str(out),
+        "--on-error",
+        "skip",
+        "--workers",
+        "0",
+        "--json",
+    )
+    summary = json.loads(result.output)
+    assert (summary["samples"], summary["tokens"], summary["skipped"]) == (2, 5, 1)
+    assert summary["skipped_lines"] == [3]
+    again = invoke(
+        kernel,
+        "lengths",
+        "build",
+        str(data),
+        "-o",
+        str(out),
+        "--on-error",
+        "skip",
+        "--workers",
+        "0",
+    )
+    assert again.output.startswith("reused 2 samples, 5 tokens")
+    stats = json.loads(invoke(kernel, "lengths", "stats", str(out), "--json").output)
+    assert (stats["samples"], stats["max"], stats["tokenizer"]) == (2, 3, "bytes")
+    assert "samples=2" in invoke(kernel, "lengths", "stats", str(out)).output
+
+
+def test_lengths_build_tokenizer_options(kernel: laden.Kernel, tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "A a b"}\n')
+    out = tmp_path / "lens"
+    result = invoke(
+        kernel,
+        "lengths",
+        "build",
+        str(data),
+        "-o",
+        str(out),
+        "--tokenizer",
+        "whitespace",
+        "-T",
+        "lowercase=true",
+        "-T",
+        "vocab_size=64",
+        "--json",
+    )
+    assert json.loads(result.output)["tokens"] == 3
+    wrong = CliRunner().invoke(
+        build_cli(kernel),
+        [
+            "lengths",
+            "build",
+            str(data),
+            "-o",
+            str(out),
+            "--tokenizer",
+            "whitespace",
+            "-T",
+            "vocab_size=0",
+        ],
+    )
+    assert wrong.exit_code == 2
+    assert "tokenizer.vocab_size: must be > 1, got 0" in wrong.output
+
+
+def test_analyze_command(kernel: laden.Kernel, cache: Path) -> None:
+    data = json.loads(
+        invoke(kernel, "analyze", str(cache), "--bucket-edges", "64,256,1024", "--json").output
+    )
+    assert [b["range"] for b in data["buckets"]] == [[0, 64], [65, 256], [257, 1024], [1025, None]]
+    assert sum(b["samples"] for b in data["buckets"]) == 5000
+    plan = data["token_budget_plan"]
+    assert plan["samples"] == 5000
+    assert plan["efficiency"] > 0.95
+    assert data["random_fixed_plan"]["efficiency"] < plan["efficiency"]
+    assert data["recommendations"]
+    text = invoke(kernel, "analyze", str(cache), "--bucket-edges", "64,256,1024").output
+    assert "recommendations:" in text
+    assert "token_budget 16384" in text
+    bad = CliRunner().invoke(build_cli(kernel), ["analyze", str(cache), "--bucket-edges", "9,3"])
+    assert bad.exit_code == 2
+    assert "increase strictly" in bad.output
+
+
+def test_suggest_command(kernel: laden.Kernel, cache: Path) -> None:
+    data = json.loads(invoke(kernel, "suggest", str(cache), "--num-buckets", "3", "--json").output)
+    lengths = laden.lengths.load_lengths(cache).length
+    assert data["bucket_edges"] == suggest_bucket_edges(lengths, 3).tolist()
+    text = invoke(kernel, "suggest", str(cache), "--num-buckets", "3").output
+    assert text.startswith("bucket edges: " + ",".join(map(str, data["bucket_edges"])))
+
+
+def test_plots_are_png(kernel: laden.Kernel, cache: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "h.png"
+    invoke(kernel, "analyze", str(cache), "--bucket-edges", "64,256", "--plot", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png2 = tmp_path / "s.png"
+    invoke(kernel, "lengths", "stats", str(cache), "--plot", str(png2))
+    assert png2.stat().st_size > 1000
+
+
+def test_missing_cache_is_a_clear_error(kernel: laden.Kernel, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(build_cli(kernel), ["suggest", str(tmp_path / "empty")])
+    assert result.exit_code == 1
+    assert "meta.json: missing file" in result.output
