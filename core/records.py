@@ -162,6 +162,12 @@ class PackPlan:
         """Real tokens over ``packs * max_length``."""
         return float(self.seg_length.sum()) / max(len(self) * self.max_length, 1)
 
+    def to_length_table(self) -> LengthTable:
+        """The packs as units of a length table, so any sampler can batch them."""
+        return LengthTable(
+            length=self.pack_lengths, meta={"packed": True, "max_length": self.max_length}
+        )
+
 
 @attrs.frozen(kw_only=True, eq=False)
 class BatchSpec:

@@ -23,7 +23,7 @@ import pytest
 
 from laden.kernel import Kernel
 
-__all__ = ["check_sampler", "kernel", "make_kernel", "registered"]
+__all__ = ["check_packer", "check_sampler", "kernel", "make_kernel", "registered"]
 
 
 @contextmanager
@@ -159,3 +159,73 @@ def check_sampler(cls: type[Any], *, max_examples: int = 60, **config: Any) -> N
         assert not np.array_equal(first.order, other_seed.order), "seed is ignored"
         # Not seed + epoch: seed 1 epoch 1 must differ from seed 2 epoch 0.
         assert not np.array_equal(second.order, other_seed.order), "seed and epoch are added"
+
+
+def _check_pack_invariants(packer: Any, table: Any, plan: Any) -> None:
+    lengths = table.length
+    max_length = packer.max_length
+    dropped = np.asarray(plan.dropped)
+    assert plan.pack_lengths.max(initial=0) <= max_length, "a pack is longer than max_length"
+    assert (np.diff(plan.offsets) > 0).all(), "an empty pack"
+    assert (plan.seg_length >= 0).all()
+    # Every token of every kept sample is covered exactly once, unless the policy cut it.
+    covered = np.bincount(plan.order, weights=plan.seg_length, minlength=lengths.size)
+    kept = np.ones(lengths.size, dtype=bool)
+    kept[dropped] = False
+    assert not np.isin(plan.order, dropped).any(), "a dropped sample was packed"
+    if packer.overflow in ("split", "drop", "error"):
+        assert np.array_equal(covered[kept], lengths[kept]), "tokens lost or repeated"
+    else:  # truncate
+        assert np.array_equal(covered[kept], np.minimum(lengths, max_length)[kept])
+    assert plan.report.get("dropped_samples", 0) == dropped.size, "drops are not reported"
+    # Segments of one sample tile it without gaps: starts are 0, L, 2L, ...
+    order = np.lexsort((plan.seg_start, plan.order))
+    sample, start, seg = plan.order[order], plan.seg_start[order], plan.seg_length[order]
+    first = np.ones(sample.size, dtype=bool)
+    first[1:] = sample[1:] != sample[:-1]
+    previous_end = np.zeros_like(start)
+    previous_end[1:] = (start + seg)[:-1]
+    expected = np.where(first, 0, previous_end)
+    assert np.array_equal(start, expected), "segments of a sample overlap or leave gaps"
+
+
+def check_packer(cls: type[Any], *, max_examples: int = 60, **config: Any) -> None:
+    """Check that a packer class keeps the contract every packer must keep.
+
+    Property-based (hypothesis): every sequence is placed exactly once, or
+    split into segments that cover it exactly, or dropped/truncated and
+    reported; no pack is longer than ``max_length``; no pack is empty; the same
+    input gives the identical plan.
+
+    :param cls: the packer class.
+    :param config: its config fields (``max_length`` among them).
+    """
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    import laden
+
+    packer = cls(**config)
+    top = 3 * packer.max_length
+
+    @settings(
+        max_examples=max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    @given(lengths=arrays(np.int64, st.integers(0, 200), elements=st.integers(0, top)))
+    def properties(lengths: np.ndarray) -> None:
+        table = laden.LengthTable.from_lengths(lengths)
+        try:
+            plan = packer.pack(table)
+        except laden.DataError:
+            assert packer.overflow == "error"
+            assert int(lengths.max()) > packer.max_length
+            return
+        _check_pack_invariants(packer, table, plan)
+        again = packer.pack(table)
+        for name in ("order", "offsets", "seg_length", "seg_start"):
+            assert np.array_equal(getattr(plan, name), getattr(again, name)), "not deterministic"
+
+    properties()
+    empty = packer.pack(laden.LengthTable.from_lengths(np.zeros(0, np.int64)))
+    assert len(empty) == 0

@@ -14,7 +14,17 @@ import laden
 from laden.errors import PluginLoadError
 from laden.kinds import KINDS
 
-BUILTINS = {"bytes", "whitespace", "hf", "local", "numpy", "jsonl", "fixed", "token_budget"}
+BUILTINS = {
+    "bytes",
+    "whitespace",
+    "hf",
+    "local",
+    "numpy",
+    "jsonl",
+    "fixed",
+    "token_budget",
+    "best_fit",
+}
 
 
 def make_dist(root: Path, dist: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
