@@ -12,7 +12,6 @@ import itertools
 import numpy as np
 
 __all__ = [
-    "assign_buckets",
     "cut_descending",
     "padding_to_edges",
     "smallest_uint",
@@ -26,13 +25,6 @@ def smallest_uint(max_value: int) -> type[np.unsignedinteger]:
         if max_value <= np.iinfo(dtype).max:
             return dtype
     return np.uint64
-
-
-def assign_buckets(lengths: np.ndarray, edges: np.ndarray | tuple[int, ...]) -> np.ndarray:
-    """The bucket of each length (``len(edges)`` for lengths above the last edge)."""
-    edges_array = np.asarray(edges, dtype=np.int64)
-    dtype = smallest_uint(edges_array.size)
-    return np.searchsorted(edges_array, lengths, side="left").astype(dtype)
 
 
 def padding_to_edges(lengths: np.ndarray, edges: np.ndarray | tuple[int, ...]) -> int:

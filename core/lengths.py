@@ -152,13 +152,7 @@ def build_lengths(
             cached = None  # damaged: measure again and overwrite
         same = ("dataset_digest", "tokenizer_hash", "source")
         if cached is not None and all(cached.meta.get(k) == identity[k] for k in same):
-            return LengthTable(
-                length=cached.length,
-                offset=cached.offset,
-                key=cached.key,
-                ids=cached.ids,
-                meta={**cached.meta, "reused": True},
-            )
+            return attrs.evolve(cached, meta={**cached.meta, "reused": True})
     if executor is None:
         executor = default_kernel().create("executor", "local")
     chunks = source.chunks()
@@ -191,9 +185,7 @@ def build_lengths(
         "skipped_lines": skipped_lines[:100],
         "blank": blank,
     }
-    table = LengthTable(
-        length=table.length, offset=table.offset, key=table.key, ids=table.ids, meta=meta
-    )
+    table = attrs.evolve(table, meta=meta)
     if output is not None:
         save_lengths(table, output)
     return table

@@ -115,34 +115,12 @@ def test_lengths_build_and_stats_commands(kernel: laden.Kernel, tmp_path: Path) 
     assert bad.exit_code == 1
     assert f"{data}:3: invalid JSON" in bad.output
     assert not out.exists()
-    result = invoke(
-        kernel,
-        "lengths",
-        "build",
-        str(data),
-        "-o",
-        str(out),
-        "--on-error",
-        "skip",
-        "--workers",
-        "0",
-        "--json",
-    )
+    build = ["lengths", "build", str(data), "-o", str(out), "--on-error", "skip", "--workers", "0"]
+    result = invoke(kernel, *build, "--json")
     summary = json.loads(result.output)
     assert (summary["samples"], summary["tokens"], summary["skipped"]) == (2, 5, 1)
     assert summary["skipped_lines"] == [3]
-    again = invoke(
-        kernel,
-        "lengths",
-        "build",
-        str(data),
-        "-o",
-        str(out),
-        "--on-error",
-        "skip",
-        "--workers",
-        "0",
-    )
+    again = invoke(kernel, *build)
     assert again.output.startswith("reused 2 samples, 5 tokens")
     stats = json.loads(invoke(kernel, "lengths", "stats", str(out), "--json").output)
     assert (stats["samples"], stats["max"], stats["tokenizer"]) == (2, 3, "bytes")
