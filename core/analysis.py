@@ -13,13 +13,15 @@ import numpy as np
 from laden.batching import padding_to_edges, suggest_bucket_edges
 from laden.errors import MissingDependencyError
 from laden.io import atomic_write_bytes
-from laden.records import EpochPlan
+from laden.records import EpochPlan, PackPlan
 
 __all__ = [
+    "ascii_counts",
     "ascii_histogram",
     "batch_metrics",
     "bucket_report",
     "length_stats",
+    "packing_metrics",
     "plot_histogram",
     "recommendations",
     "suggest_report",
@@ -211,3 +213,59 @@ def batch_metrics(plan: EpochPlan, lengths: np.ndarray, *, top: int = 10) -> dic
         else 0,
         "top_shapes": shapes,
     }
+
+
+def packing_metrics(plan: PackPlan) -> dict[str, Any]:
+    """Packing ratio (sequences per row), efficiency and the segments-per-row histogram.
+
+    Efficiency is real tokens over ``rows * max_length``; what the overflow
+    policy dropped, cut or split is carried over from the plan's report.
+    """
+    per_row = np.diff(plan.offsets)
+    real = int(plan.seg_length.sum())
+    rows = len(plan)
+    counts = np.bincount(per_row) if per_row.size else np.zeros(0, dtype=np.int64)
+    sequences = int(np.unique(plan.order).size)
+    return {
+        "packer": plan.report.get("packer"),
+        "max_length": plan.max_length,
+        "rows": rows,
+        "sequences": sequences,
+        "segments": int(plan.order.size),
+        "packing_ratio": sequences / max(rows, 1),
+        "real_tokens": real,
+        "padded_tokens": rows * plan.max_length,
+        "padding_tokens": rows * plan.max_length - real,
+        "efficiency": plan.efficiency,
+        "segments_per_row": {int(k): int(v) for k, v in enumerate(counts.tolist()) if v},
+        "dropped_samples": int(plan.report.get("dropped_samples", 0)),
+        "dropped_tokens": int(plan.report.get("dropped_tokens", 0)),
+        "truncated_tokens": int(plan.report.get("truncated_tokens", 0)),
+        "split_samples": int(plan.report.get("split_samples", 0)),
+    }
+
+
+def ascii_counts(counts: dict[int, int], *, width: int = 40, bars: int = 12) -> list[str]:
+    """A bar per key of ``counts`` (e.g. rows per segment count), scaled to ``width``.
+
+    More than ``bars`` keys are grouped into ``bars`` ranges of equal span.
+    """
+    if not counts:
+        return []
+    keys = np.asarray(sorted(counts), dtype=np.int64)
+    values = np.asarray([counts[k] for k in keys.tolist()], dtype=np.int64)
+    if keys.size <= bars:
+        labels = [str(k) for k in keys.tolist()]
+        sums = values
+    else:
+        span = -(-(int(keys[-1]) - int(keys[0]) + 1) // bars)
+        group = (keys - keys[0]) // span
+        sums = np.bincount(group, weights=values).astype(np.int64)
+        lows = keys[0] + span * np.arange(sums.size)
+        labels = [f"{lo}-{lo + span - 1}" for lo in lows.tolist()]
+    top = int(sums.max())
+    pad = max(len(label) for label in labels)
+    return [
+        f"{label:>{pad}} {value:>9,} {'#' * max(round(width * value / top), 1) if value else ''}"
+        for label, value in zip(labels, sums.tolist(), strict=True)
+    ]

@@ -11,10 +11,12 @@ import click
 import numpy as np
 
 from laden.analysis import (
+    ascii_counts,
     ascii_histogram,
     batch_metrics,
     bucket_report,
     length_stats,
+    packing_metrics,
     plot_histogram,
     recommendations,
     suggest_report,
@@ -193,6 +195,17 @@ def lengths_stats(directory: str, as_json: bool, plot: str | None) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also write a PNG histogram.")
+@click.option(
+    "--pack-length",
+    type=int,
+    help="Also pack the samples into rows of this many tokens and report the packing.",
+)
+@click.option(
+    "--packer",
+    default="best_fit",
+    show_default=True,
+    help="The packer strategy used with --pack-length.",
+)
 def analyze_command(
     directory: str,
     bucket_edges: str | None,
@@ -200,10 +213,14 @@ def analyze_command(
     seed: int,
     as_json: bool,
     plot: str | None,
+    pack_length: int | None,
+    packer: str,
 ) -> None:
     """Bucket efficiency, recommendations and batch metrics for a length cache."""
     if token_budget <= 0:
         raise ConfigError(f"must be > 0, got {token_budget}", path=("token_budget",))
+    if pack_length is not None and pack_length <= 0:
+        raise ConfigError(f"must be > 0, got {pack_length}", path=("pack_length",))
     table = load_lengths(directory)
     edges = _edges(bucket_edges)
     kernel = _kernel()
@@ -228,6 +245,11 @@ def analyze_command(
         "token_budget_plan": batch_metrics(plan, table.length),
         "random_fixed_plan": {"batch_size": fixed_size, **baseline},
     }
+    if pack_length is not None:
+        pack_plan = kernel.create(
+            "packer", {"name": packer, "max_length": pack_length, "overflow": "split"}
+        ).pack(table)
+        result["packing"] = packing_metrics(pack_plan)
     if plot:
         plot_histogram(table.length, plot, edges=edges, title=f"{directory}: lengths and edges")
         result["plot"] = plot
@@ -260,6 +282,16 @@ def analyze_command(
             f"{shape} ({count})" for shape, count in list(metrics["top_shapes"].items())[:5]
         )
     )
+    if "packing" in result:
+        packing = result["packing"]
+        click.echo(
+            f"\npacked by {packer} into rows of {pack_length:,}: {packing['rows']:,} rows, "
+            f"{packing['packing_ratio']:.2f} sequences per row, efficiency "
+            f"{packing['efficiency']:.4f}, {packing['split_samples']:,} longer samples split"
+        )
+        click.echo("segments per row:")
+        for line in ascii_counts(packing["segments_per_row"]):
+            click.echo("  " + line)
     click.echo("\nrecommendations:")
     for line in result["recommendations"]:
         click.echo(f"  - {line}")

@@ -14,6 +14,7 @@ import sysconfig
 import time
 from pathlib import Path
 
+import attrs
 import click
 import numpy as np
 
@@ -86,6 +87,9 @@ def _section(title: str) -> None:
 @click.option("--workers", type=int, default=None, help="Worker processes (default: CPUs).")
 @click.option("--token-budget", type=int, default=16384, show_default=True)
 @click.option("--num-buckets", type=int, default=4, show_default=True)
+@click.option(
+    "--pack-length", type=int, default=4096, show_default=True, help="Tokens per packed row."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
 def demo_command(
@@ -94,18 +98,28 @@ def demo_command(
     workers: int | None,
     token_budget: int,
     num_buckets: int,
+    pack_length: int,
     seed: int,
 ) -> None:
     """Batch the Python standard library as a training set, start to finish.
 
     Writes the stdlib's top-level definitions as JSON lines, measures them with
     the ``bytes`` tokenizer into a length cache, suggests bucket edges, and
-    compares random fixed-size batches with token-budget bucketed batches.
+    compares random fixed-size batches, token-budget bucketed batches and
+    packed rows (best fit, batched by the same token budget).
     """
-    from laden.analysis import ascii_histogram, batch_metrics, length_stats, suggest_report
+    from laden.analysis import (
+        ascii_counts,
+        ascii_histogram,
+        batch_metrics,
+        length_stats,
+        packing_metrics,
+        suggest_report,
+    )
+    from laden.collate import BatchLayout
     from laden.io import write_json
     from laden.lengths import build_lengths
-    from laden.records import LengthTable
+    from laden.samples import SourceSamples
 
     kernel = ctx.find_object(Kernel)
     assert kernel is not None
@@ -123,7 +137,7 @@ def demo_command(
     # A model sees at most token_budget tokens of one sample: longer ones are cut,
     # as a trainer would, and counted here.
     too_long = int((measured.length > token_budget).sum())
-    table = LengthTable.from_lengths(np.minimum(measured.length, token_budget))
+    table = attrs.evolve(measured, length=np.minimum(measured.length, token_budget))
 
     _section("length histogram")
     stats = length_stats(table.length)
@@ -159,10 +173,26 @@ def demo_command(
     fixed_plan = kernel.plan_epoch(fixed, table, seed=seed)
     fixed_metrics = batch_metrics(fixed_plan, table.length)
     over = int((fixed_plan.batch_sizes * fixed_plan.max_length > token_budget).sum())
+    pack_plan = kernel.create(
+        "packer", {"name": "best_fit", "max_length": pack_length, "overflow": "split"}
+    ).pack(table)
+    packing = packing_metrics(pack_plan)
+    packs = pack_plan.to_length_table()
+    packed_plan = kernel.plan_epoch(
+        kernel.create("sampler", {"name": "token_budget", "token_budget": token_budget}),
+        packs,
+        seed=seed,
+    )
+    packed_metrics = batch_metrics(packed_plan, packs.length)
+    # Packed rows are padded to pack_length, not to the longest pack of the batch.
+    packed_metrics["padded_tokens"] = int(packed_plan.order.size) * pack_length
+    packed_metrics["padding_tokens"] = packed_metrics["padded_tokens"] - packing["real_tokens"]
+    packed_metrics["efficiency"] = packing["efficiency"]
     click.echo(f"{'strategy':<34} {'batches':>8} {'efficiency':>10} {'padding tokens':>15}")
     for label, metrics in (
         (f"random fixed-size ({batch_size}/batch)", fixed_metrics),
         ("token_budget, bucketed", budget_metrics),
+        (f"best_fit packed rows of {pack_length:,}", packed_metrics),
     ):
         click.echo(
             f"{label:<34} {metrics['batches']:>8,} {metrics['efficiency']:>10.4f} "
@@ -175,6 +205,26 @@ def demo_command(
     saved = fixed_metrics["padded_tokens"] / max(budget_metrics["padded_tokens"], 1)
     click.echo(f"token_budget computes {saved:.1f}x fewer padded tokens for the same samples")
 
+    _section(f"packing (best_fit into rows of {pack_length:,}, longer samples split)")
+    click.echo(
+        f"{packing['rows']:,} rows for {packing['sequences']:,} samples: "
+        f"{packing['packing_ratio']:.2f} per row, efficiency {packing['efficiency']:.4f}, "
+        f"{packing['split_samples']:,} samples split, no token lost"
+    )
+    click.echo("segments per row:")
+    for line in ascii_counts(packing["segments_per_row"]):
+        click.echo("  " + line)
+    if len(packed_plan):
+        first = packed_plan[0]
+        batch = kernel.create("backend", "numpy").collate(
+            BatchLayout.for_batch(first, packs.length, pack_plan),
+            SourceSamples(source=source, tokenizer=tokenizer, table=table),
+        )
+        click.echo(
+            f"first packed batch: input_ids {batch['input_ids'].shape}, "
+            f"{batch['cu_seqlens'].size - 1} segments, max_seqlen {batch['max_seqlen']:,}"
+        )
+
     report = {
         "dataset": str(dataset),
         "lengths": str(output / "lengths"),
@@ -183,6 +233,8 @@ def demo_command(
         "suggestion": suggestion,
         "token_budget_plan": budget_metrics,
         "random_fixed_plan": {"batch_size": batch_size, **fixed_metrics},
+        "packing": packing,
+        "packed_plan": packed_metrics,
     }
     write_json(output / "report.json", report)
     click.echo(

@@ -23,7 +23,7 @@ import pytest
 
 from laden.kernel import Kernel
 
-__all__ = ["check_packer", "check_sampler", "kernel", "make_kernel", "registered"]
+__all__ = ["check_backend", "check_packer", "check_sampler", "kernel", "make_kernel", "registered"]
 
 
 @contextmanager
@@ -187,6 +187,9 @@ def _check_pack_invariants(packer: Any, table: Any, plan: Any) -> None:
     previous_end[1:] = (start + seg)[:-1]
     expected = np.where(first, 0, previous_end)
     assert np.array_equal(start, expected), "segments of a sample overlap or leave gaps"
+    cap = getattr(packer, "max_segments_per_pack", None)
+    if cap is not None:
+        assert np.diff(plan.offsets).max(initial=0) <= cap, "a pack has too many segments"
 
 
 def check_packer(cls: type[Any], *, max_examples: int = 60, **config: Any) -> None:
@@ -229,3 +232,68 @@ def check_packer(cls: type[Any], *, max_examples: int = 60, **config: Any) -> No
     properties()
     empty = packer.pack(laden.LengthTable.from_lengths(np.zeros(0, np.int64)))
     assert len(empty) == 0
+
+
+def check_backend(cls: type[Any], *, max_examples: int = 40, **config: Any) -> None:
+    """Check that a backend gives the same batch, value for value, as the ``numpy`` reference.
+
+    Property-based (hypothesis): random samples (with and without loss masks)
+    in padded and in packed layouts are collated by ``cls(**config)`` and by
+    the numpy backend with the same collation settings; every column must
+    have the same shape, the same values and the same dtype family (integers
+    stay integers in the configured width, ``cu_seqlens`` int32, masks bool),
+    and ``max_seqlen`` is a plain ``int``.
+
+    :param cls: the backend class (a :class:`laden.collate.CollatingBackend`).
+    :param config: its config fields.
+    """
+    import attrs
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    import laden
+    from laden.collate import BatchLayout, Ragged
+    from laden.plugins.backends.numpy import NumpyBackend
+    from laden.plugins.packers.best_fit import BestFitPacker
+
+    backend = cls(**config)
+    fields = attrs.fields(NumpyBackend)
+    shared = {f.name: getattr(backend, f.name) for f in fields if hasattr(backend, f.name)}
+    reference = NumpyBackend(**shared)
+
+    @settings(
+        max_examples=max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    @given(
+        lengths=st.lists(st.integers(0, 40), min_size=1, max_size=12),
+        packed=st.booleans(),
+        masked=st.booleans(),
+        data=st.data(),
+    )
+    def properties(lengths: list[int], packed: bool, masked: bool, data: Any) -> None:
+        rng = np.random.default_rng(sum(lengths))
+        tokens = Ragged.from_sequences([rng.integers(1, 1000, n) for n in lengths])
+        mask = Ragged(values=rng.random(tokens.values.size) < 0.7, offsets=tokens.offsets)
+        if packed:
+            width = data.draw(st.integers(max(max(lengths), 1), 64), label="max_length")
+            plan = BestFitPacker(max_length=width).pack(
+                laden.LengthTable.from_lengths(np.asarray(lengths))
+            )
+            layout = BatchLayout.packed(plan, np.arange(len(plan)))
+        else:
+            chosen = data.draw(st.permutations(range(len(lengths))), label="order")
+            layout = BatchLayout.padded(np.asarray(chosen), tokens.lengths)
+        want = reference.host(layout, tokens, loss_mask=mask if masked else None)
+        got = backend.collate(layout, tokens, loss_mask=mask if masked else None)
+        assert set(got) == set(want), f"columns differ: {sorted(got)} vs {sorted(want)}"
+        for key, expected in want.items():
+            value = backend.as_numpy(got[key])
+            if isinstance(expected, int):
+                assert isinstance(value, int), f"{key}: {value!r} is not an int"
+                assert value == expected, f"{key}: {value!r}, not {expected!r}"
+                continue
+            assert value.shape == expected.shape, f"{key}: shape {value.shape}"
+            assert value.dtype == expected.dtype, f"{key}: {value.dtype}, not {expected.dtype}"
+            assert np.array_equal(value, expected), f"{key}: values differ from numpy"
+
+    properties()

@@ -14,16 +14,19 @@ from hypothesis import strategies as st
 
 import laden
 from laden.analysis import (
+    ascii_counts,
     ascii_histogram,
     batch_metrics,
     bucket_report,
     length_stats,
+    packing_metrics,
     recommendations,
     suggest_report,
 )
 from laden.batching import padding_to_edges, suggest_bucket_edges
 from laden.cli import build_cli
 from laden.lengths import save_lengths
+from laden.plugins.packers.best_fit import BestFitPacker
 
 
 @settings(max_examples=150, deadline=None)
@@ -182,6 +185,43 @@ def test_analyze_command(kernel: laden.Kernel, cache: Path) -> None:
     bad = CliRunner().invoke(build_cli(kernel), ["analyze", str(cache), "--bucket-edges", "9,3"])
     assert bad.exit_code == 2
     assert "increase strictly" in bad.output
+
+
+def test_analyze_reports_packing(kernel: laden.Kernel, cache: Path) -> None:
+    lengths = laden.lengths.load_lengths(cache).length
+    args = ["analyze", str(cache), "--bucket-edges", "64,256", "--pack-length", "512"]
+    data = json.loads(invoke(kernel, *args, "--json").output)["packing"]
+    assert data["packer"] == "best_fit"
+    assert data["real_tokens"] == int(lengths.sum())  # longer samples are split, not cut
+    assert data["rows"] >= -(-int(lengths.sum()) // 512)
+    assert data["efficiency"] == pytest.approx(lengths.sum() / (data["rows"] * 512))
+    assert data["packing_ratio"] == pytest.approx(data["sequences"] / data["rows"])
+    assert sum(data["segments_per_row"].values()) == data["rows"]
+    text = invoke(kernel, *args, "--packer", "first_fit").output
+    assert "packed by first_fit into rows of 512" in text
+    assert "segments per row:" in text
+    bad = CliRunner().invoke(build_cli(kernel), [*args[:-1], "0"])
+    assert bad.exit_code == 2
+    assert "pack_length: must be > 0" in bad.output
+
+
+def test_packing_metrics_and_counts_chart() -> None:
+    plan = BestFitPacker(max_length=10, overflow="drop").pack(
+        laden.LengthTable.from_lengths([4, 3, 3, 9, 12, 1])
+    )
+    metrics = packing_metrics(plan)
+    assert metrics["rows"] == 2
+    assert metrics["segments"] == 5
+    assert metrics["segments_per_row"] == {2: 1, 3: 1}
+    assert metrics["dropped_samples"] == 1
+    assert metrics["dropped_tokens"] == 12
+    assert metrics["efficiency"] == pytest.approx(20 / 20)
+    lines = ascii_counts({1: 10, 2: 5, 4: 0})
+    assert lines[0].endswith("#" * 40)
+    assert lines[1].endswith("#" * 20)
+    grouped = ascii_counts({k: 1 for k in range(1, 101)}, bars=10)
+    assert len(grouped) == 10
+    assert grouped[0].startswith("  1-10")
 
 
 def test_suggest_command(kernel: laden.Kernel, cache: Path) -> None:

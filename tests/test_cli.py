@@ -159,5 +159,13 @@ def test_demo_runs_on_the_standard_library(tmp_path: Path) -> None:
     assert budget["samples"] == fixed["samples"] == report["stats"]["samples"]
     assert budget["efficiency"] > 0.95 > fixed["efficiency"]
     assert f"{budget['efficiency']:.4f}" in text
+    packing, packed = report["packing"], report["packed_plan"]
+    assert packing["real_tokens"] == report["stats"]["tokens"]  # split: no token lost
+    assert packing["efficiency"] > budget["efficiency"]
+    assert packing["packing_ratio"] > 1
+    assert sum(packing["segments_per_row"].values()) == packing["rows"]
+    assert packed["samples"] == packing["rows"]
+    assert "== packing (best_fit into rows of 4,096" in text
+    assert "first packed batch: input_ids (" in text
     assert (tmp_path / "demo" / "lengths" / "meta.json").exists()
     assert str(tmp_path / "demo") in text

@@ -24,6 +24,10 @@ BUILTINS = {
     "fixed",
     "token_budget",
     "best_fit",
+    "first_fit",
+    "sequential",
+    "torch",
+    "mlx",
 }
 
 

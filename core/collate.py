@@ -1,0 +1,373 @@
+"""Collation: samples + a batch layout -> padded or packed rows with segment metadata.
+
+A batch is a set of *segments* (a run of one sample's tokens) laid out in
+rows of ``row_length``: one sample per row for a padded batch, several for a
+packed one. :func:`collate` turns the layout and the samples' token ids into
+host arrays, all in O(tokens) numpy with no Python loop per segment:
+
+``input_ids``, ``attention_mask`` (1 on real tokens), ``labels``,
+``position_ids`` (restart at 0 in every segment), ``segment_ids`` (1, 2, ...
+per row, 0 on padding), ``cu_seqlens`` (int32, flash-attention varlen layout
+over the real tokens in row-major order, i.e. ``input_ids[attention_mask ==
+1]``), ``max_seqlen`` (an ``int``), ``sample_ids`` (the sample of each
+segment, in ``cu_seqlens`` order) and, on request, ``attn_mask`` (a dense
+``(rows, 1, L, L)`` boolean block-diagonal mask, optionally causal, in the
+form ``torch.nn.functional.scaled_dot_product_attention`` takes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import attrs
+import numpy as np
+
+from laden.records import BatchSpec, PackPlan
+from laden.validators import one_of, optional, positive
+
+__all__ = [
+    "IGNORE_INDEX",
+    "BatchLayout",
+    "CollatingBackend",
+    "Ragged",
+    "collate",
+    "dense_segment_mask",
+]
+
+#: The label that losses skip (PyTorch's ``cross_entropy`` default ``ignore_index``).
+IGNORE_INDEX = -100
+
+
+def _exclusive_cumsum(values: np.ndarray) -> np.ndarray:
+    out = np.zeros(values.size, dtype=np.int64)
+    if values.size > 1:
+        np.cumsum(values[:-1], out=out[1:])
+    return out
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class Ragged:
+    """Variable-length rows in CSR form: row ``i`` is ``values[offsets[i]:offsets[i+1]]``."""
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def from_sequences(cls, sequences: Sequence[Any], dtype: Any = np.int64) -> Ragged:
+        """Concatenate sequences (lists or arrays) into one buffer."""
+        arrays = [np.asarray(s, dtype=dtype).reshape(-1) for s in sequences]
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        np.cumsum([a.size for a in arrays], out=offsets[1:])
+        values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
+        return cls(values=values, offsets=offsets)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return int(self.offsets.size - 1)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.values[self.offsets[i] : self.offsets[i + 1]]
+
+    def take(self, rows: np.ndarray) -> Ragged:
+        """The given rows, as a new Ragged (vectorized)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = self.lengths[rows]
+        offsets = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        local = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+        where = np.repeat(self.offsets[rows], lengths) + local
+        return Ragged(values=self.values[where], offsets=offsets)
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class BatchLayout:
+    """Where each segment of a batch goes: its row, sample, start in the sample, tokens.
+
+    Segments are in row order and, inside a row, in the order they are laid
+    down; each row is filled from position 0, padding after.
+    """
+
+    sample: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    row: np.ndarray
+    num_rows: int
+    row_length: int
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("sample", "start", "length", "row"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.int64))
+        if self.row.size and (np.diff(self.row) < 0).any():
+            raise ValueError("segments must be in row order")
+        used = np.bincount(self.row, weights=self.length, minlength=self.num_rows)
+        if used.size > self.num_rows or (used > self.row_length).any():
+            raise ValueError(f"a row holds more than row_length={self.row_length} tokens")
+
+    @classmethod
+    def padded(
+        cls, indices: np.ndarray, lengths: np.ndarray, max_length: int | None = None
+    ) -> BatchLayout:
+        """One sample per row, cut to ``max_length`` (default: the longest)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        own = np.asarray(lengths, dtype=np.int64)[indices]
+        if max_length is None:
+            max_length = int(own.max(initial=0))
+        return cls(
+            sample=indices,
+            start=np.zeros(indices.size, dtype=np.int64),
+            length=np.minimum(own, max_length),
+            row=np.arange(indices.size, dtype=np.int64),
+            num_rows=int(indices.size),
+            row_length=max_length,
+        )
+
+    @classmethod
+    def packed(
+        cls, plan: PackPlan, packs: np.ndarray, row_length: int | None = None
+    ) -> BatchLayout:
+        """The given packs of a pack plan, one per row (``row_length`` defaults to the plan's)."""
+        packs = np.asarray(packs, dtype=np.int64)
+        lo, hi = plan.offsets[packs], plan.offsets[packs + 1]
+        counts = hi - lo
+        local = np.arange(int(counts.sum()), dtype=np.int64)
+        where = np.repeat(lo, counts) + local - np.repeat(_exclusive_cumsum(counts), counts)
+        return cls(
+            sample=plan.order[where],
+            start=plan.seg_start[where],
+            length=plan.seg_length[where],
+            row=np.repeat(np.arange(packs.size, dtype=np.int64), counts),
+            num_rows=int(packs.size),
+            row_length=plan.max_length if row_length is None else row_length,
+        )
+
+    @classmethod
+    def for_batch(
+        cls, spec: BatchSpec, lengths: np.ndarray, pack_plan: PackPlan | None = None
+    ) -> BatchLayout:
+        """The layout of a sampler's batch: of samples, or of packs when ``pack_plan`` is given."""
+        if pack_plan is None:
+            return cls.padded(spec.indices, lengths, spec.max_length)
+        return cls.packed(pack_plan, spec.indices, spec.max_length)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.length.sum())
+
+
+def _fetch(tokens: Any, ids: np.ndarray) -> tuple[Ragged, Ragged | None]:
+    """Token ids (and loss masks, when samples carry them) of the given samples."""
+    if isinstance(tokens, Ragged):
+        return tokens.take(ids), None
+    if hasattr(tokens, "fetch"):  # e.g. SourceSamples: one read for the whole batch
+        fetched = tokens.fetch(ids)
+        items = [fetched[int(i)] for i in ids]
+    else:
+        items = [tokens[int(i)] for i in ids]
+    if items and isinstance(items[0], Mapping):
+        ids_ = Ragged.from_sequences([item["input_ids"] for item in items])
+        if any("loss_mask" in item for item in items):
+            masks = Ragged.from_sequences(
+                [item.get("loss_mask", np.ones(len(item["input_ids"]))) for item in items],
+                dtype=bool,
+            )
+            return ids_, masks
+        return ids_, None
+    return Ragged.from_sequences(items), None
+
+
+def collate(
+    layout: BatchLayout,
+    tokens: Any,
+    *,
+    loss_mask: Ragged | None = None,
+    pad_id: int = 0,
+    ignore_index: int = IGNORE_INDEX,
+    shift_labels: bool = False,
+    pad_to_multiple_of: int | None = None,
+    dense_mask: str | None = None,
+) -> dict[str, Any]:
+    """Host arrays of one batch (see the module docstring for the columns).
+
+    :param layout: the rows and their segments.
+    :param tokens: the samples' token ids, indexed by sample id: a
+        :class:`Ragged` over the dataset, or any mapping/sequence whose items are
+        arrays or mappings with ``input_ids`` (and optionally ``loss_mask``).
+    :param loss_mask: a Ragged over the dataset, 1 where a token is a target.
+    :param shift_labels: ``False`` (Hugging Face convention): ``labels[t]`` is
+        ``input_ids[t]`` and the model shifts; the first token of every segment
+        gets ``ignore_index``. ``True``: ``labels[t]`` is the next token,
+        ``ignore_index`` on the last token of every segment.
+    :param pad_to_multiple_of: round the row length up to a multiple of this.
+    :param dense_mask: ``None``, ``"block"`` or ``"causal"``: also return the
+        ``(rows, 1, L, L)`` mask ``attn_mask``. It costs O(L²) per row.
+    """
+    keep = layout.length > 0
+    sample, start, length, row = (
+        layout.sample[keep],
+        layout.start[keep],
+        layout.length[keep],
+        layout.row[keep],
+    )
+    rows, width = layout.num_rows, layout.row_length
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    uniq, local_sample = np.unique(sample, return_inverse=True)
+    ids, masks = _fetch(tokens, uniq)
+    if loss_mask is not None:
+        masks = loss_mask.take(uniq)
+    if masks is not None:
+        masks = Ragged(values=masks.values.astype(bool, copy=False), offsets=masks.offsets)
+    short = np.flatnonzero(ids.lengths[local_sample] < start + length)
+    if short.size:
+        s = int(short[0])
+        raise ValueError(
+            f"sample {int(sample[s])} has {int(ids.lengths[local_sample[s]])} tokens but the "
+            f"layout reads {int(start[s] + length[s])}; the length table does not match the data"
+        )
+
+    # Per segment: first token's index in the batch, its number in the row.
+    seg_first = _exclusive_cumsum(length)
+    row_first_seg = np.searchsorted(row, np.arange(rows), side="left")
+    offset_in_row = seg_first - seg_first[row_first_seg[row]]
+    number_in_row = np.arange(row.size, dtype=np.int64) - row_first_seg[row] + 1
+    # Per token (O(tokens), no loop per segment).
+    total = int(length.sum())
+    seg_of = np.repeat(np.arange(row.size, dtype=np.int64), length)
+    local = np.arange(total, dtype=np.int64) - seg_first[seg_of]
+    dest = (row * width + offset_in_row)[seg_of] + local
+    src = (ids.offsets[:-1][local_sample] + start)[seg_of] + local
+
+    input_ids = np.full(rows * width, pad_id, dtype=np.int64)
+    input_ids[dest] = ids.values[src]
+    attention_mask = np.zeros(rows * width, dtype=np.int64)
+    attention_mask[dest] = 1
+    position_ids = np.zeros(rows * width, dtype=np.int64)
+    position_ids[dest] = local
+    segment_ids = np.zeros(rows * width, dtype=np.int64)
+    segment_ids[dest] = number_in_row[seg_of]
+    labels = np.full(rows * width, ignore_index, dtype=np.int64)
+    if shift_labels:  # target of token t is token t+1 of the same segment
+        inner = local < length[seg_of] - 1
+        target = src[inner] + 1
+        labels[dest[inner]] = ids.values[target]
+        if masks is not None:
+            labels[dest[inner][~masks.values[target]]] = ignore_index
+    else:  # the model shifts: a segment's first token is no target
+        inner = local > 0
+        labels[dest[inner]] = ids.values[src[inner]]
+        if masks is not None:
+            labels[dest[~masks.values[src]]] = ignore_index
+    cu_seqlens = np.zeros(length.size + 1, dtype=np.int32)
+    np.cumsum(length, out=cu_seqlens[1:])
+    out: dict[str, Any] = {
+        "input_ids": input_ids.reshape(rows, width),
+        "attention_mask": attention_mask.reshape(rows, width),
+        "labels": labels.reshape(rows, width),
+        "position_ids": position_ids.reshape(rows, width),
+        "segment_ids": segment_ids.reshape(rows, width),
+        "cu_seqlens": cu_seqlens,
+        "max_seqlen": int(length.max(initial=0)),
+        "sample_ids": sample.copy(),
+    }
+    if dense_mask is not None:
+        out["attn_mask"] = dense_segment_mask(out["segment_ids"], causal=dense_mask == "causal")
+    return out
+
+
+def dense_segment_mask(segment_ids: np.ndarray, *, causal: bool = False) -> np.ndarray:
+    """``(rows, 1, L, L)`` booleans: True where query ``i`` may attend to key ``j``.
+
+    Same non-zero segment (and ``j <= i`` when causal). A padding query attends
+    only to itself, so no row of the mask is all False (which would make
+    softmax attention NaN); its output is padding anyway.
+    """
+    seg = np.asarray(segment_ids)
+    same = seg[:, :, None] == seg[:, None, :]
+    mask = same & (seg[:, :, None] > 0)
+    width = seg.shape[1]
+    if causal:
+        mask &= np.tri(width, dtype=bool)[None]
+    eye = np.eye(width, dtype=bool)[None]
+    mask |= eye & (seg == 0)[:, :, None]
+    return mask[:, None]
+
+
+@attrs.frozen(kw_only=True)
+class CollatingBackend:
+    """What the built-in backends share: collation settings, then ``convert``.
+
+    Subclasses give ``name``, ``convert(arrays)`` (host arrays -> framework
+    arrays) and ``as_numpy(value)`` (back, for the conformance check).
+
+    :param pad_id: the token id of padding.
+    :param ignore_index: the label of positions that are no target.
+    :param shift_labels: labels already shifted to the next token (see :func:`collate`).
+    :param pad_to_multiple_of: round the row length up to a multiple of this
+        (8 or 64 suits tensor cores).
+    :param dense_mask: ``block`` or ``causal`` adds the dense ``attn_mask``;
+        ``none`` (default) leaves it out, as it costs O(L²) per row.
+    :param int_dtype: ``int64`` (what embeddings and losses expect) or ``int32``.
+        ``cu_seqlens`` is int32 whatever this says (flash-attention's contract).
+    """
+
+    name: ClassVar[str] = ""
+
+    pad_id: int = 0
+    ignore_index: int = IGNORE_INDEX
+    shift_labels: bool = False
+    pad_to_multiple_of: int | None = attrs.field(default=None, validator=optional(positive))
+    dense_mask: str = attrs.field(default="none", validator=one_of("none", "block", "causal"))
+    int_dtype: str = attrs.field(default="int64", validator=one_of("int64", "int32"))
+
+    def host(
+        self, layout: BatchLayout, tokens: Any, *, loss_mask: Ragged | None = None
+    ) -> dict[str, Any]:
+        """Collated host (numpy) arrays in this backend's dtypes."""
+        arrays = collate(
+            layout,
+            tokens,
+            loss_mask=loss_mask,
+            pad_id=self.pad_id,
+            ignore_index=self.ignore_index,
+            shift_labels=self.shift_labels,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            dense_mask=None if self.dense_mask == "none" else self.dense_mask,
+        )
+        return host_dtypes(arrays, self.int_dtype)
+
+    def collate(
+        self, layout: BatchLayout, tokens: Any, *, loss_mask: Ragged | None = None
+    ) -> Mapping[str, Any]:
+        """Collate one batch and convert it to this backend's arrays."""
+        return self.convert(self.host(layout, tokens, loss_mask=loss_mask))
+
+    def convert(self, arrays: Mapping[str, Any]) -> Mapping[str, Any]:
+        raise NotImplementedError
+
+    def as_numpy(self, value: Any) -> Any:
+        raise NotImplementedError
+
+
+#: Columns whose dtype is fixed by the consumer's contract, whatever ``int_dtype`` says:
+#: flash-attention's varlen kernels take int32 cumulative sequence lengths.
+FIXED_DTYPES: Mapping[str, np.dtype[Any]] = {"cu_seqlens": np.dtype(np.int32)}
+
+
+def host_dtypes(arrays: Mapping[str, Any], int_dtype: str) -> dict[str, Any]:
+    """C-contiguous numpy arrays, integer columns in ``int_dtype``; plain ints pass through."""
+    out: dict[str, Any] = {}
+    for key, value in arrays.items():
+        if isinstance(value, int | np.integer) and not isinstance(value, np.ndarray):
+            out[key] = int(value)
+            continue
+        array = np.asarray(value)
+        if key in FIXED_DTYPES:
+            array = array.astype(FIXED_DTYPES[key], copy=False)
+        elif array.dtype.kind in "iu":
+            array = array.astype(int_dtype, copy=False)
+        out[key] = np.ascontiguousarray(array)
+    return out
