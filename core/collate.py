@@ -158,25 +158,38 @@ class BatchLayout:
         return int(self.length.sum())
 
 
-def _fetch(tokens: Any, ids: np.ndarray) -> tuple[Ragged, Ragged | None]:
-    """Token ids (and loss masks, when samples carry them) of the given samples."""
+def _fetch(
+    tokens: Any, ids: np.ndarray, loss_mask: Ragged | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Where the given samples' tokens are: ``(values, start, length)`` per sample.
+
+    Also the loss-mask ``(values, start)`` when there is one. A Ragged over the
+    dataset is read in place (no copy); other inputs are gathered once.
+    """
+    mask_values = mask_base = None
     if isinstance(tokens, Ragged):
-        return tokens.take(ids), None
-    if hasattr(tokens, "fetch"):  # e.g. SourceSamples: one read for the whole batch
-        fetched = tokens.fetch(ids)
-        items = [fetched[int(i)] for i in ids]
+        values, base = tokens.values, tokens.offsets[ids]
+        lengths = tokens.offsets[ids + 1] - base
     else:
-        items = [tokens[int(i)] for i in ids]
-    if items and isinstance(items[0], Mapping):
-        ids_ = Ragged.from_sequences([item["input_ids"] for item in items])
-        if any("loss_mask" in item for item in items):
+        if hasattr(tokens, "fetch"):  # e.g. SourceSamples: one read for the whole batch
+            fetched = tokens.fetch(ids)
+            items = [fetched[int(i)] for i in ids]
+        else:
+            items = [tokens[int(i)] for i in ids]
+        mapped = bool(items) and isinstance(items[0], Mapping)
+        local = Ragged.from_sequences([item["input_ids"] for item in items] if mapped else items)
+        values, base, lengths = local.values, local.offsets[:-1], local.lengths
+        if mapped and any("loss_mask" in item for item in items):
             masks = Ragged.from_sequences(
                 [item.get("loss_mask", np.ones(len(item["input_ids"]))) for item in items],
                 dtype=bool,
             )
-            return ids_, masks
-        return ids_, None
-    return Ragged.from_sequences(items), None
+            mask_values, mask_base = masks.values, masks.offsets[:-1]
+    if loss_mask is not None:
+        mask_values, mask_base = loss_mask.values, loss_mask.offsets[ids]
+    if mask_values is not None:
+        mask_values = mask_values.astype(bool, copy=False)
+    return values, base, lengths, mask_values, mask_base
 
 
 def collate(
@@ -216,51 +229,58 @@ def collate(
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     uniq, local_sample = np.unique(sample, return_inverse=True)
-    ids, masks = _fetch(tokens, uniq)
-    if loss_mask is not None:
-        masks = loss_mask.take(uniq)
-    if masks is not None:
-        masks = Ragged(values=masks.values.astype(bool, copy=False), offsets=masks.offsets)
-    short = np.flatnonzero(ids.lengths[local_sample] < start + length)
+    values, base, have, mask_values, mask_base = _fetch(tokens, uniq, loss_mask)
+    short = np.flatnonzero(have[local_sample] < start + length)
     if short.size:
         s = int(short[0])
         raise ValueError(
-            f"sample {int(sample[s])} has {int(ids.lengths[local_sample[s]])} tokens but the "
+            f"sample {int(sample[s])} has {int(have[local_sample[s]])} tokens but the "
             f"layout reads {int(start[s] + length[s])}; the length table does not match the data"
         )
 
-    # Per segment: first token's index in the batch, its number in the row.
+    # Per segment (cheap): where it starts in the batch's token stream, its number in its row.
     seg_first = _exclusive_cumsum(length)
     row_first_seg = np.searchsorted(row, np.arange(rows), side="left")
-    offset_in_row = seg_first - seg_first[row_first_seg[row]]
     number_in_row = np.arange(row.size, dtype=np.int64) - row_first_seg[row] + 1
-    # Per token (O(tokens), no loop per segment).
+    # Rows are filled from position 0, so real tokens are a prefix of each row and
+    # the unpadded token stream is the row-major order of ``real``.
+    used = np.bincount(row, weights=length, minlength=rows).astype(np.int64)
+    real = np.arange(width)[None, :] < used[:, None]
+    # Per token: one gather for the ids, the rest are repeats and prefix writes.
     total = int(length.sum())
-    seg_of = np.repeat(np.arange(row.size, dtype=np.int64), length)
-    local = np.arange(total, dtype=np.int64) - seg_first[seg_of]
-    dest = (row * width + offset_in_row)[seg_of] + local
-    src = (ids.offsets[:-1][local_sample] + start)[seg_of] + local
+    step = np.arange(total, dtype=np.int64)
+    local = step - np.repeat(seg_first, length)
+    src = np.repeat(base[local_sample] + start - seg_first, length) + step
+    stream = values[src]
 
-    input_ids = np.full(rows * width, pad_id, dtype=np.int64)
-    input_ids[dest] = ids.values[src]
-    attention_mask = np.zeros(rows * width, dtype=np.int64)
-    attention_mask[dest] = 1
-    position_ids = np.zeros(rows * width, dtype=np.int64)
-    position_ids[dest] = local
-    segment_ids = np.zeros(rows * width, dtype=np.int64)
-    segment_ids[dest] = number_in_row[seg_of]
-    labels = np.full(rows * width, ignore_index, dtype=np.int64)
+    input_ids = np.full((rows, width), pad_id, dtype=np.int64)
+    input_ids[real] = stream
+    attention_mask = real.astype(np.int64)
+    position_ids = np.zeros((rows, width), dtype=np.int64)
+    position_ids[real] = local
+    segment_ids = np.zeros((rows, width), dtype=np.int64)
+    segment_ids[real] = np.repeat(number_in_row, length)
+    targets = stream.copy()
     if shift_labels:  # target of token t is token t+1 of the same segment
-        inner = local < length[seg_of] - 1
-        target = src[inner] + 1
-        labels[dest[inner]] = ids.values[target]
-        if masks is not None:
-            labels[dest[inner][~masks.values[target]]] = ignore_index
+        targets[:-1] = stream[1:]
+        no_target = np.zeros(total, dtype=bool)
+        no_target[seg_first + length - 1] = True
+        if mask_values is not None:
+            keep_next = np.ones(total, dtype=bool)
+            keep_next[:-1] = mask_values[
+                np.repeat(mask_base[local_sample] + start - seg_first, length) + step
+            ][1:]
+            no_target |= ~keep_next
     else:  # the model shifts: a segment's first token is no target
-        inner = local > 0
-        labels[dest[inner]] = ids.values[src[inner]]
-        if masks is not None:
-            labels[dest[~masks.values[src]]] = ignore_index
+        no_target = np.zeros(total, dtype=bool)
+        no_target[seg_first] = True
+        if mask_values is not None:
+            no_target |= ~mask_values[
+                np.repeat(mask_base[local_sample] + start - seg_first, length) + step
+            ]
+    targets[no_target] = ignore_index
+    labels = np.full((rows, width), ignore_index, dtype=np.int64)
+    labels[real] = targets
     cu_seqlens = np.zeros(length.size + 1, dtype=np.int32)
     np.cumsum(length, out=cu_seqlens[1:])
     out: dict[str, Any] = {

@@ -230,3 +230,33 @@ def test_numpy_backend_through_the_kernel(kernel: laden.Kernel) -> None:
     assert out["input_ids"].shape == (1, 8)
     with pytest.raises(laden.ConfigError, match="pad_to_multiple_of"):
         kernel.create("backend", {"name": "numpy", "pad_to_multiple_of": 0})
+
+
+def test_source_samples_read_only_the_batch(kernel: laden.Kernel, tmp_path: Any) -> None:
+    from laden.lengths import build_lengths
+    from laden.samples import SourceSamples
+
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        '{"text": "a b c"}\n'
+        '{"input_ids": [7, 8, 9, 10], "loss_mask": [0, 0, 1, 1]}\n'
+        '{"text": "d e"}\n'
+    )
+    source = kernel.create("source", {"name": "jsonl", "path": str(data)})
+    tokenizer = kernel.create("tokenizer", "whitespace")
+    table = build_lengths(
+        source, tokenizer, executor=kernel.create("executor", {"name": "local", "workers": 0})
+    )
+    samples = SourceSamples(source=source, tokenizer=tokenizer, table=table)
+    assert len(samples) == 3
+    assert samples[1]["input_ids"].tolist() == [7, 8, 9, 10]
+    assert samples[2]["input_ids"].tolist() == tokenizer.encode("d e").tolist()
+    out = kernel.create("backend", "numpy").collate(
+        BatchLayout.padded(np.array([1, 2]), table.length), samples
+    )
+    assert out["labels"][0].tolist() == [-100, -100, 9, 10]
+    assert out["input_ids"][1, :2].tolist() == tokenizer.encode("d e").tolist()
+    with pytest.raises(IndexError, match="sample 3 out of range"):
+        samples.fetch([3])
+    with pytest.raises(ValueError, match="no offset column"):
+        SourceSamples(source=source, tokenizer=tokenizer, table=laden.LengthTable.from_lengths([1]))
