@@ -265,7 +265,7 @@ def collate(
         targets[:-1] = stream[1:]
         no_target = np.zeros(total, dtype=bool)
         no_target[seg_first + length - 1] = True
-        if mask_values is not None:
+        if mask_values is not None and mask_base is not None:
             keep_next = np.ones(total, dtype=bool)
             keep_next[:-1] = mask_values[
                 np.repeat(mask_base[local_sample] + start - seg_first, length) + step
@@ -274,7 +274,7 @@ def collate(
     else:  # the model shifts: a segment's first token is no target
         no_target = np.zeros(total, dtype=bool)
         no_target[seg_first] = True
-        if mask_values is not None:
+        if mask_values is not None and mask_base is not None:
             no_target |= ~mask_values[
                 np.repeat(mask_base[local_sample] + start - seg_first, length) + step
             ]
@@ -313,7 +313,8 @@ def dense_segment_mask(segment_ids: np.ndarray, *, causal: bool = False) -> np.n
         mask &= np.tri(width, dtype=bool)[None]
     eye = np.eye(width, dtype=bool)[None]
     mask |= eye & (seg == 0)[:, :, None]
-    return mask[:, None]
+    out: np.ndarray = mask[:, None]
+    return out
 
 
 @attrs.frozen(kw_only=True)
@@ -381,7 +382,7 @@ def host_dtypes(arrays: Mapping[str, Any], int_dtype: str) -> dict[str, Any]:
     """C-contiguous numpy arrays, integer columns in ``int_dtype``; plain ints pass through."""
     out: dict[str, Any] = {}
     for key, value in arrays.items():
-        if isinstance(value, int | np.integer) and not isinstance(value, np.ndarray):
+        if isinstance(value, int | np.integer):
             out[key] = int(value)
             continue
         array = np.asarray(value)

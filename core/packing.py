@@ -297,8 +297,7 @@ def _sequential_capped(
             if done == seg_lengths[i]:
                 i, done = i + 1, 0
         r += 1
-    as_array = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
-    return as_array(source), as_array(offset), as_array(piece), as_array(row)
+    return tuple(np.asarray(v, dtype=np.int64) for v in (source, offset, piece, row))  # type: ignore[return-value]
 
 
 def pack_plan_from_bins(
