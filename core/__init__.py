@@ -22,6 +22,7 @@ from laden.errors import (
 from laden.hookspecs import hookimpl, hookspec
 from laden.kernel import Kernel, PluginInfo, default_kernel
 from laden.kinds import KINDS
+from laden.plan import BatchPlan, PlanCheck
 from laden.records import BatchSpec, EpochPlan, LengthTable, PackPlan
 from laden.registry import Entry, Registry
 
@@ -32,6 +33,7 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare 
 
 __all__ = [
     "KINDS",
+    "BatchPlan",
     "BatchSpec",
     "ConfigError",
     "DataError",
@@ -44,6 +46,7 @@ __all__ = [
     "MissingDependencyError",
     "PackPlan",
     "PluginInfo",
+    "PlanCheck",
     "PluginLoadError",
     "Registry",
     "RegistryError",

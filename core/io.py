@@ -93,12 +93,13 @@ def write_array(directory: Path, name: str, array: np.ndarray, *, level: int = 3
     """Write ``array`` as ``name.zst`` (raw little-endian bytes, zstd); return its metadata.
 
     Numeric dtypes only: nothing laden writes needs pickling to read back.
+    The array is compressed straight from its memory (no intermediate copy).
     """
     a = np.ascontiguousarray(array)
     if a.dtype.kind not in "iufb":
         raise TypeError(f"{name}: only numeric arrays are stored, got dtype {a.dtype}")
     a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-    raw = a.tobytes()
+    raw = memoryview(a.reshape(-1)).cast("B")
     data = zstandard.ZstdCompressor(level=level, threads=-1).compress(raw)
     atomic_write_bytes(directory / f"{name}.zst", data)
     return {
@@ -109,25 +110,38 @@ def write_array(directory: Path, name: str, array: np.ndarray, *, level: int = 3
     }
 
 
-def read_array(directory: Path, info: Mapping[str, Any]) -> np.ndarray:
-    """Read an array written by :func:`write_array`, checking size and checksum."""
+def read_array(directory: Path, info: Mapping[str, Any], *, chunk: int = 8 << 20) -> np.ndarray:
+    """Read an array written by :func:`write_array`, checking size and checksum.
+
+    Streamed: the file is decompressed chunk by chunk straight into the
+    result, so peak memory is the array plus one chunk.
+    """
     path = directory / info["file"]
+    dtype = np.dtype(info["dtype"])
+    out = np.empty(info["shape"], dtype=dtype)
+    view = memoryview(out.reshape(-1)).cast("B")
+    expected = view.nbytes
+    h = hashlib.blake2b(digest_size=16)
     try:
-        compressed = path.read_bytes()
+        with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
+            done = 0
+            while done < expected:
+                got = reader.readinto(view[done : done + chunk])
+                if not got:
+                    break
+                h.update(view[done : done + got])
+                done += got
+            extra = reader.read(1)
     except FileNotFoundError:
         raise DataError("missing file", file=str(path)) from None
-    dtype = np.dtype(info["dtype"])
-    expected = int(np.prod(info["shape"], dtype=np.int64)) * dtype.itemsize
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=expected)
     except zstandard.ZstdError as exc:
         raise DataError(f"corrupt or truncated zstd data ({exc})", file=str(path)) from None
-    if len(raw) != expected:
-        raise DataError(f"holds {len(raw)} bytes, expected {expected}", file=str(path))
-    if hashlib.blake2b(raw, digest_size=16).hexdigest() != info["blake2b"]:
+    if done != expected or extra:
+        held = f"{done}" if not extra else f"more than {expected}"
+        raise DataError(f"holds {held} bytes, expected {expected}", file=str(path))
+    if h.hexdigest() != info["blake2b"]:
         raise DataError("checksum mismatch: the file was altered", file=str(path))
-    array: np.ndarray = np.frombuffer(raw, dtype=dtype).reshape(info["shape"]).copy()
-    return array
+    return out
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -177,6 +177,8 @@ class BatchSpec:
     indices: np.ndarray
     max_length: int
     bucket: int
+    #: A repeat that only evens out shards (see ``BatchPlan.shard``): skip it in the loss.
+    padding: bool = False
 
     @property
     def size(self) -> int:
