@@ -154,6 +154,7 @@ def build_cli(kernel: Kernel) -> click.Group:
         ctx.obj = kernel
 
     from laden.cli_data import analyze_command, lengths_group, suggest_command
+    from laden.cli_plan import plan_group
     from laden.demo import demo_command
 
     for command in (
@@ -163,6 +164,7 @@ def build_cli(kernel: Kernel) -> click.Group:
         analyze_command,
         suggest_command,
         demo_command,
+        plan_group,
     ):
         cli.add_command(command)
     kernel.hook.laden_add_commands(cli=cli, kernel=kernel)
