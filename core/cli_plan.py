@@ -70,9 +70,9 @@ def build_command(
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def info_command(directory: str, rank: int | None, world_size: int | None, as_json: bool) -> None:
     """Fingerprint, steps, tokens and config of a saved plan (or of one rank's shard)."""
-    plan = BatchPlan.load(directory)
     if (rank is None) != (world_size is None):
         raise click.UsageError("--rank and --world-size go together")
+    plan = BatchPlan.load(directory)
     if rank is not None and world_size is not None:
         if not 0 <= rank < world_size:
             raise click.BadParameter(f"rank {rank} is not in 0..{world_size - 1}")

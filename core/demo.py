@@ -119,6 +119,7 @@ def demo_command(
     from laden.collate import BatchLayout
     from laden.io import write_json
     from laden.lengths import build_lengths
+    from laden.plan import BatchPlan
     from laden.samples import SourceSamples
 
     kernel = ctx.find_object(Kernel)
@@ -225,6 +226,35 @@ def demo_command(
             f"{batch['cu_seqlens'].size - 1} segments, max_seqlen {batch['max_seqlen']:,}"
         )
 
+    _section("batch plan (3 epochs, packed rows batched by the token budget, 4 ranks)")
+    plan = BatchPlan.build(
+        table,
+        kernel.create("sampler", {"name": "token_budget", "token_budget": token_budget}),
+        kernel.create(
+            "packer", {"name": "best_fit", "max_length": pack_length, "overflow": "split"}
+        ),
+        epochs=3,
+        seed=seed,
+        kernel=kernel,
+    )
+    plan.save(output / "plan")
+    click.echo(
+        f"plan {plan.fingerprint}: {plan.total_steps:,} steps over {plan.num_epochs} epochs "
+        f"-> {output / 'plan'}"
+    )
+    shards = [plan.shard(rank, 4) for rank in range(4)]
+    for shard in shards:
+        click.echo(
+            f"  rank {shard.rank}: {shard.steps[0]:,} steps/epoch, "
+            f"{shard.tokens[0]:,} tokens in epoch 0, "
+            f"{int(shard.padding[0].sum())} padding batch(es), plan {shard.fingerprint}"
+        )
+    imbalance = shards[0].shard_report["step_imbalance"][0]
+    click.echo(f"  per-step token imbalance across ranks: {imbalance:.1%} on average")
+    check = BatchPlan.load(output / "plan").verify(table, kernel=kernel)
+    verdict = "ok" if check else check.reason
+    click.echo(f"  saved plan reloaded and verified against a rebuild: {verdict}")
+
     report = {
         "dataset": str(dataset),
         "lengths": str(output / "lengths"),
@@ -235,6 +265,15 @@ def demo_command(
         "random_fixed_plan": {"batch_size": batch_size, **fixed_metrics},
         "packing": packing,
         "packed_plan": packed_metrics,
+        "plan": {
+            **plan.summary(),
+            "directory": str(output / "plan"),
+            "shards": [
+                {"rank": s.rank, "fingerprint": s.fingerprint, "steps": s.steps, "tokens": s.tokens}
+                for s in shards
+            ],
+            "verified": check.ok,
+        },
     }
     write_json(output / "report.json", report)
     click.echo(

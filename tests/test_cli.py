@@ -167,5 +167,13 @@ def test_demo_runs_on_the_standard_library(tmp_path: Path) -> None:
     assert packed["samples"] == packing["rows"]
     assert "== packing (best_fit into rows of 4,096" in text
     assert "first packed batch: input_ids (" in text
+    plan = report["plan"]
+    assert plan["verified"] is True
+    assert plan["epochs"] == 3
+    assert len({s["fingerprint"] for s in plan["shards"]}) == 4
+    assert len({tuple(s["steps"]) for s in plan["shards"]}) == 1  # ranks in step
+    assert f"plan {plan['fingerprint']}" in text
+    loaded = laden.BatchPlan.load(tmp_path / "demo" / "plan")
+    assert loaded.fingerprint == plan["fingerprint"]
     assert (tmp_path / "demo" / "lengths" / "meta.json").exists()
     assert str(tmp_path / "demo") in text
