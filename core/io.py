@@ -99,7 +99,7 @@ def write_array(directory: Path, name: str, array: np.ndarray, *, level: int = 3
     if a.dtype.kind not in "iufb":
         raise TypeError(f"{name}: only numeric arrays are stored, got dtype {a.dtype}")
     a = a.astype(a.dtype.newbyteorder("<"), copy=False)
-    raw = memoryview(a.reshape(-1)).cast("B")
+    raw = memoryview(a.reshape(-1)).cast("B")  # type: ignore[arg-type]
     data = zstandard.ZstdCompressor(level=level, threads=-1).compress(raw)
     atomic_write_bytes(directory / f"{name}.zst", data)
     return {
@@ -119,7 +119,7 @@ def read_array(directory: Path, info: Mapping[str, Any], *, chunk: int = 8 << 20
     path = directory / info["file"]
     dtype = np.dtype(info["dtype"])
     out = np.empty(info["shape"], dtype=dtype)
-    view = memoryview(out.reshape(-1)).cast("B")
+    view = memoryview(out.reshape(-1)).cast("B")  # type: ignore[arg-type]
     expected = view.nbytes
     h = hashlib.blake2b(digest_size=16)
     try:

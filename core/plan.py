@@ -56,10 +56,11 @@ def _take_batches(plan: EpochPlan, batches: np.ndarray) -> tuple[np.ndarray, np.
 def _batch_tokens(plan: EpochPlan, lengths: np.ndarray) -> np.ndarray:
     """Real tokens of each batch (lengths capped at the batch's max_length)."""
     if not len(plan):
-        return _EMPTY.copy()
+        return np.zeros(0, dtype=np.int64)
     capped = np.minimum(lengths[plan.order], np.repeat(plan.max_length, plan.batch_sizes))
     sums = np.add.reduceat(capped, plan.offsets[:-1]) if capped.size else np.zeros(len(plan))
-    return np.where(plan.batch_sizes > 0, sums, 0).astype(np.int64)
+    out: np.ndarray = np.where(plan.batch_sizes > 0, sums, 0).astype(np.int64)
+    return out
 
 
 @attrs.frozen(kw_only=True)
@@ -218,7 +219,7 @@ class BatchPlan:
                 "world_size": self.world_size,
             }
         )
-        parts = [head]
+        parts: list[bytes | str] = [head]
         if self.pack is not None:
             p = self.pack
             parts.append(array_digest(p.order, p.offsets, p.seg_length, p.seg_start, p.dropped))

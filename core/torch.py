@@ -205,9 +205,7 @@ class PlanLoader:
         try:
             import torch  # noqa: F401
         except ImportError as exc:
-            raise MissingDependencyError(
-                "laden.torch needs PyTorch: pip install 'laden[torch]'"
-            ) from exc
+            raise MissingDependencyError("loader", "PlanLoader", ["torch"], "torch") from exc
         self.sampler = PlanBatchSampler(plan, rank, world_size, epoch, remainder=remainder)
         self.plan = self.sampler.plan
         self.dataset = dataset

@@ -3,7 +3,9 @@
 Fenced blocks:
 
 - ``python``: executed in one namespace per page, in a fresh directory; a block
-  whose first line is ``# name.py`` is written to that file instead (importable).
+  whose first line is ``# name.py`` is written to that file instead (importable);
+  one whose first line is ``# requires: MODULE`` runs only where MODULE imports
+  (the examples of an extra; later blocks must not depend on it).
 - ``toml``/``yaml`` whose first line is ``# name.ext``: written to that file;
   ``json`` too, without that line.
 - ``console``: each ``$ command`` runs in a shell; the lines after it are the
@@ -24,6 +26,18 @@ import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```", re.M | re.S)
+#: A python block that starts ``# requires: torch`` runs only where torch imports.
+REQUIRES = re.compile(r"^# requires: ([\w.]+)\n")
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
 FILE_HEADER = re.compile(r"^# ([\w.-]+\.(?:py|toml|yaml|yml|jsonl|json))\n")
 
 
@@ -78,6 +92,8 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             (tmp_path / header[1]).write_text(body)
         elif header and lang == "json":  # JSON has no comments: the header is dropped
             (tmp_path / header[1]).write_text(body[header.end() :])
+        elif lang == "python" and (needs := REQUIRES.match(body)) and not _importable(needs[1]):
+            continue  # an extra's example, on a machine without the extra
         elif lang == "python":
             exec(compile(body, where, "exec"), namespace)
         elif lang == "console":

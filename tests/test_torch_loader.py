@@ -151,3 +151,26 @@ def test_torchrun_ranks_share_the_plan(corpus: dict[str, Any], tmp_path: Path) -
     assert ranks[0]["steps"] == ranks[1]["steps"] == -(-len(corpus["plan"].epochs[0]) // 2)
     ids = [i for r in ranks for i in r["ids"]]
     assert sorted(ids) == list(range(len(corpus["table"])))  # every sample once
+
+
+def test_loader_announces_each_batch(corpus: dict[str, Any]) -> None:
+    from laden.testing import registered
+
+    seen: list[tuple[int, int]] = []
+
+    class Observer:
+        @laden.hookimpl
+        def laden_batch_produced(
+            self, batch: Any, epoch: int, step: int, kernel: laden.Kernel
+        ) -> None:
+            seen.append((epoch, step))
+
+    kernel = laden.Kernel(autoload=False)
+    plan = corpus["plan"]
+    tokens = Ragged.from_sequences([np.ones(n, dtype=np.int64) for n in corpus["table"].length])
+    loader = PlanLoader(plan, PlanDataset.for_plan(plan, tokens, corpus["table"]), kernel=kernel)
+    loader.set_epoch(1)
+    with registered(kernel, Observer()):
+        count = sum(1 for _ in loader)
+    assert seen == [(1, s) for s in range(count)]
+    assert count == len(plan.epochs[1])
