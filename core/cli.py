@@ -155,6 +155,7 @@ def build_cli(kernel: Kernel) -> click.Group:
 
     from laden.cli_data import analyze_command, lengths_group, suggest_command
     from laden.cli_plan import plan_group
+    from laden.cli_write import verify_command, write_command
     from laden.demo import demo_command
 
     for command in (
@@ -165,6 +166,8 @@ def build_cli(kernel: Kernel) -> click.Group:
         suggest_command,
         demo_command,
         plan_group,
+        write_command,
+        verify_command,
     ):
         cli.add_command(command)
     kernel.hook.laden_add_commands(cli=cli, kernel=kernel)

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import zstandard
@@ -19,6 +19,7 @@ from laden.errors import DataError
 
 __all__ = [
     "atomic_directory",
+    "atomic_open",
     "atomic_write_bytes",
     "file_digest",
     "read_array",
@@ -37,6 +38,28 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file to fill; on success it is fsynced and renamed to ``path``.
+
+    It is written under a temporary name (``.NAME.*.tmp``) beside ``path``; if
+    the block fails (or the process dies) ``path`` is untouched and the
+    temporary file is removed (or left for a resume to sweep).
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

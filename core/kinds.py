@@ -9,7 +9,7 @@ own fields). One that needs an optional dependency also sets
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,11 +88,19 @@ class Source(Strategy, Protocol):
 
 
 class Writer(Strategy, Protocol):
-    """Collated batches -> files (with a reader half)."""
+    """Collated batches -> files (with a reader half).
+
+    ``write`` gets an open binary file (laden writes it under a temporary name,
+    fsyncs and renames it), the batch's arrays and its metadata (``epoch``,
+    ``step``, ``rank``, ``padding``, ``fingerprint``); ``read`` returns the
+    arrays of a file it wrote, never unpickling.
+    """
 
     suffix: ClassVar[str]
 
-    def write(self, path: str, arrays: Mapping[str, np.ndarray]) -> None: ...
+    def write(
+        self, file: BinaryIO, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]
+    ) -> None: ...
 
     def read(self, path: str) -> dict[str, np.ndarray]: ...
 

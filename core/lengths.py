@@ -114,6 +114,12 @@ def _source_settings(source: Any) -> dict[str, Any]:
     return settings
 
 
+def _tokenizer_settings(tokenizer: Any) -> dict[str, Any]:
+    from laden.serde import config_of
+
+    return config_of(tokenizer)
+
+
 def build_lengths(
     source: Any,
     tokenizer: Any,
@@ -143,6 +149,7 @@ def build_lengths(
         "dataset_bytes": os.path.getsize(source.path),
         "tokenizer": type(tokenizer).name,
         "tokenizer_hash": tokenizer.fingerprint(),
+        "tokenizer_config": _tokenizer_settings(tokenizer),
         "source": _source_settings(source),
     }
     if output is not None and reuse and (Path(output) / "meta.json").exists():
