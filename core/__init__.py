@@ -23,6 +23,7 @@ from laden.hookspecs import hookimpl, hookspec
 from laden.kernel import Kernel, PluginInfo, default_kernel
 from laden.kinds import KINDS
 from laden.plan import BatchPlan, PlanCheck
+from laden.reader import BatchReader
 from laden.records import BatchSpec, EpochPlan, LengthTable, PackPlan
 from laden.registry import Entry, Registry
 
@@ -34,6 +35,7 @@ except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare 
 __all__ = [
     "KINDS",
     "BatchPlan",
+    "BatchReader",
     "BatchSpec",
     "ConfigError",
     "DataError",

@@ -1,0 +1,241 @@
+"""``BatchReader``: written batch files back, in plan order, with prefetch and a cache.
+
+A background thread decodes the next files through the writer's reader half
+into a bounded queue, so training never waits on disk while the queue holds
+something; decoded files are kept in an LRU cache (bounded by a count and a
+memory cap) for random access with :meth:`BatchReader.get`. Batches come out
+on the chosen backend (numpy, torch, optionally pinned and moved to a device,
+or mlx), and iteration resumes from a ``state_dict`` like the plan loader.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from laden.errors import DataError
+from laden.writing import load_manifest
+
+__all__ = ["BatchReader"]
+
+_META = ("epoch", "step", "rank", "padding")
+_DONE = object()
+
+
+def _nbytes(arrays: Mapping[str, Any]) -> int:
+    return sum(int(getattr(v, "nbytes", 0)) for v in arrays.values())
+
+
+class BatchReader:
+    """Iterate the batch files of a ``laden write`` output directory in plan order.
+
+    :param directory: the output directory (its ``manifest.json`` lists the files).
+    :param epoch: only this epoch (default: every epoch, in order).
+    :param rank: only this rank's files (default: the manifest's rank).
+    :param backend: a backend strategy, or a name (``numpy``, ``torch``, ``mlx``)
+        or a config mapping; default ``numpy``. A ``torch`` backend with
+        ``device: cuda`` pins and moves every batch.
+    :param prefetch: files decoded ahead of the consumer (the queue bound).
+    :param cache_files: decoded files kept for :meth:`get` (LRU).
+    :param memory_cap: bytes the cache and the prefetch queue may hold
+        together; beyond it the cache evicts and the prefetcher waits (one
+        batch always fits).
+    :param kernel: announce every batch through ``laden_batch_produced``, and
+        create the writer and backend from (default: ``default_kernel()``).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        epoch: int | None = None,
+        rank: int | None = None,
+        backend: Any = None,
+        prefetch: int = 4,
+        cache_files: int = 16,
+        memory_cap: int = 1 << 30,
+        kernel: Any = None,
+    ) -> None:
+        from laden.kernel import default_kernel
+
+        self.directory = Path(directory)
+        self.manifest = load_manifest(self.directory)
+        self.kernel = kernel
+        factory = kernel if kernel is not None else default_kernel()
+        self.writer = factory.create("writer", self.manifest["writer"], path=("writer",))
+        if backend is None or isinstance(backend, str | Mapping):
+            backend = factory.create("backend", backend or "numpy", path=("backend",))
+        self.backend = backend
+        self.rank = self.manifest.get("rank", 0) if rank is None else rank
+        if prefetch < 1 or cache_files < 0 or memory_cap < 1:
+            raise ValueError("prefetch must be >= 1, cache_files >= 0, memory_cap >= 1")
+        self.prefetch, self.cache_files, self.memory_cap = prefetch, cache_files, memory_cap
+        records = sorted(
+            (
+                r
+                for r in self.manifest["files"].values()
+                if r["rank"] == self.rank and (epoch is None or r["epoch"] == epoch)
+            ),
+            key=lambda r: (r["epoch"], r["step"]),
+        )
+        bad = [r for r in records if r.get("status") != "ok"]
+        if bad:
+            first = bad[0]
+            raise DataError(
+                f"{len(bad)} batch file(s) failed when written, the first {first['file']} "
+                f"({first.get('error')}); rerun `laden write --resume`",
+                file=str(self.directory / "manifest.json"),
+            )
+        if not self.manifest.get("complete"):
+            raise DataError(
+                "the write did not finish; rerun `laden write --resume`",
+                file=str(self.directory / "manifest.json"),
+            )
+        self.records = records
+        self._position = 0
+        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.records) - self._position
+
+    # ------------------------------------------------------------- decoding
+
+    def _decode(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            hit = self._cache.get(record["file"])
+            if hit is not None:
+                self._cache.move_to_end(record["file"])
+                return hit
+        path = self.directory / record["file"]
+        try:
+            arrays = self.writer.read(str(path))
+        except FileNotFoundError:
+            raise DataError("missing batch file", file=str(path)) from None
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise DataError(f"cannot read batch file ({exc})", file=str(path)) from None
+        host = {k: v for k, v in arrays.items() if k not in _META}
+        self._remember(record["file"], host)
+        return host
+
+    def _remember(self, name: str, arrays: dict[str, Any]) -> None:
+        if not self.cache_files:
+            return
+        size = _nbytes(arrays)
+        with self._lock:
+            self._cache[name] = arrays
+            self._cached_bytes += size
+            while self._cache and (
+                len(self._cache) > self.cache_files or self._cached_bytes > self.memory_cap // 2
+            ):
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= _nbytes(old)
+
+    def _batch(self, record: Mapping[str, Any], host: Mapping[str, Any]) -> dict[str, Any]:
+        arrays = dict(host)
+        if "max_seqlen" in arrays:
+            arrays["max_seqlen"] = int(np.asarray(arrays["max_seqlen"]))
+        batch = dict(self.backend.convert(arrays))
+        batch.update(
+            epoch=record["epoch"],
+            step=record["step"],
+            rank=record["rank"],
+            padding=bool(record.get("padding", False)),
+        )
+        return batch
+
+    def get(self, index: int) -> dict[str, Any]:
+        """Batch ``index`` of this reader's files (through the LRU cache)."""
+        record = self.records[index]
+        return self._batch(record, self._decode(record))
+
+    # ------------------------------------------------------------ iteration
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """From the resume point on; a background thread decodes ahead."""
+        pending: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        budget = threading.Condition()
+        inflight = [0]
+
+        def room(size: int) -> bool:
+            return stop.is_set() or inflight[0] == 0 or inflight[0] + size <= self.memory_cap // 2
+
+        def offer(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    pending.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for record in self.records[self._position :]:
+                    host = self._decode(record)
+                    size = _nbytes(host)
+                    with budget:  # wait while the queue holds too many bytes
+                        budget.wait_for(functools.partial(room, size))
+                        inflight[0] += size
+                    if not offer((record, host, size)):
+                        return
+                offer(_DONE)
+            except BaseException as exc:  # handed to the consumer, raised there
+                offer(exc)
+
+        worker = threading.Thread(target=produce, name="laden-batch-reader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = pending.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                record, host, size = item
+                with budget:
+                    inflight[0] -= size
+                    budget.notify_all()
+                batch = self._batch(record, host)
+                self._position += 1
+                if self.kernel is not None:
+                    self.kernel.hook.laden_batch_produced(
+                        batch=batch, epoch=record["epoch"], step=record["step"], kernel=self.kernel
+                    )
+                yield batch
+        finally:
+            stop.set()
+            with budget:
+                budget.notify_all()
+            worker.join(timeout=5)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The files consumed so far, tied to this directory's plan."""
+        return {
+            "fingerprint": self.manifest["fingerprint"],
+            "rank": self.rank,
+            "position": self._position,
+            "files": len(self.records),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue after the last batch a saved state had consumed."""
+        if state.get("fingerprint") != self.manifest["fingerprint"]:
+            raise DataError(
+                f"the state belongs to plan {state.get('fingerprint')}, "
+                f"not {self.manifest['fingerprint']}"
+            )
+        position = int(state["position"])
+        if state.get("rank") != self.rank or not 0 <= position <= len(self.records):
+            raise DataError(f"the state (rank {state.get('rank')}, {position}) does not fit")
+        self._position = position
