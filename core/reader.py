@@ -1,7 +1,7 @@
 """``BatchReader``: written batch files back, in plan order, with prefetch and a cache.
 
-A background thread decodes the next files through the writer's reader half
-into a bounded queue, so training never waits on disk while the queue holds
+Background threads decode the next files through the writer's reader half
+into a bounded, ordered queue, so training never waits on disk while the queue holds
 something; decoded files are kept in an LRU cache (bounded by a count and a
 memory cap) for random access with :meth:`BatchReader.get`. Batches come out
 on the chosen backend (numpy, torch, optionally pinned and moved to a device,
@@ -10,12 +10,11 @@ or mlx), and iteration resumes from a ``state_dict`` like the plan loader.
 
 from __future__ import annotations
 
-import functools
 import os
-import queue
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from laden.writing import load_manifest
 __all__ = ["BatchReader"]
 
 _META = ("epoch", "step", "rank", "padding")
-_DONE = object()
 
 
 def _nbytes(arrays: Mapping[str, Any]) -> int:
@@ -43,11 +41,14 @@ class BatchReader:
     :param backend: a backend strategy, or a name (``numpy``, ``torch``, ``mlx``)
         or a config mapping; default ``numpy``. A ``torch`` backend with
         ``device: cuda`` pins and moves every batch.
-    :param prefetch: files decoded ahead of the consumer (the queue bound).
+    :param prefetch: files decoded ahead of the consumer (the queue bound);
+        0 decodes in the consumer's thread (no overlap, least overhead).
+    :param threads: decoding threads (file reads and decompression release the GIL).
     :param cache_files: decoded files kept for :meth:`get` (LRU).
     :param memory_cap: bytes the cache and the prefetch queue may hold
-        together; beyond it the cache evicts and the prefetcher waits (one
-        batch always fits).
+        together (half each; files ahead are counted by their size on disk);
+        beyond it the cache evicts and the prefetcher waits (one batch always
+        fits).
     :param kernel: announce every batch through ``laden_batch_produced``, and
         create the writer and backend from (default: ``default_kernel()``).
     """
@@ -60,6 +61,7 @@ class BatchReader:
         rank: int | None = None,
         backend: Any = None,
         prefetch: int = 4,
+        threads: int = 1,
         cache_files: int = 16,
         memory_cap: int = 1 << 30,
         kernel: Any = None,
@@ -75,9 +77,12 @@ class BatchReader:
             backend = factory.create("backend", backend or "numpy", path=("backend",))
         self.backend = backend
         self.rank = self.manifest.get("rank", 0) if rank is None else rank
-        if prefetch < 1 or cache_files < 0 or memory_cap < 1:
-            raise ValueError("prefetch must be >= 1, cache_files >= 0, memory_cap >= 1")
-        self.prefetch, self.cache_files, self.memory_cap = prefetch, cache_files, memory_cap
+        if prefetch < 0 or threads < 1 or cache_files < 0 or memory_cap < 1:
+            raise ValueError(
+                "prefetch must be >= 0, threads >= 1, cache_files >= 0, memory_cap >= 1"
+            )
+        self.prefetch, self.threads = prefetch, threads
+        self.cache_files, self.memory_cap = cache_files, memory_cap
         records = sorted(
             (
                 r
@@ -153,6 +158,12 @@ class BatchReader:
         )
         return batch
 
+    def _announce(self, record: Mapping[str, Any], batch: dict[str, Any]) -> None:
+        if self.kernel is not None:
+            self.kernel.hook.laden_batch_produced(
+                batch=batch, epoch=record["epoch"], step=record["step"], kernel=self.kernel
+            )
+
     def get(self, index: int) -> dict[str, Any]:
         """Batch ``index`` of this reader's files (through the LRU cache)."""
         record = self.records[index]
@@ -161,63 +172,43 @@ class BatchReader:
     # ------------------------------------------------------------ iteration
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        """From the resume point on; a background thread decodes ahead."""
-        pending: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-        budget = threading.Condition()
-        inflight = [0]
-
-        def room(size: int) -> bool:
-            return stop.is_set() or inflight[0] == 0 or inflight[0] + size <= self.memory_cap // 2
-
-        def offer(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    pending.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def produce() -> None:
-            try:
-                for record in self.records[self._position :]:
-                    host = self._decode(record)
-                    size = _nbytes(host)
-                    with budget:  # wait while the queue holds too many bytes
-                        budget.wait_for(functools.partial(room, size))
-                        inflight[0] += size
-                    if not offer((record, host, size)):
-                        return
-                offer(_DONE)
-            except BaseException as exc:  # handed to the consumer, raised there
-                offer(exc)
-
-        worker = threading.Thread(target=produce, name="laden-batch-reader", daemon=True)
-        worker.start()
-        try:
-            while True:
-                item = pending.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                record, host, size = item
-                with budget:
-                    inflight[0] -= size
-                    budget.notify_all()
-                batch = self._batch(record, host)
+        """From the resume point on; background threads decode ahead, in order."""
+        records = self.records[self._position :]
+        if self.prefetch == 0:
+            for record in records:
+                batch = self._batch(record, self._decode(record))
                 self._position += 1
-                if self.kernel is not None:
-                    self.kernel.hook.laden_batch_produced(
-                        batch=batch, epoch=record["epoch"], step=record["step"], kernel=self.kernel
-                    )
+                self._announce(record, batch)
                 yield batch
-        finally:
-            stop.set()
-            with budget:
-                budget.notify_all()
-            worker.join(timeout=5)
+            return
+        pending: deque[tuple[Mapping[str, Any], Future[dict[str, Any]]]] = deque()
+        cap = self.memory_cap // 2  # the other half is the cache's
+        held = 0  # bytes (on-disk size as the estimate) decoded or decoding ahead
+        nxt = 0
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="laden-reader") as pool:
+            try:
+                while True:
+                    while (
+                        nxt < len(records)
+                        and len(pending) < self.prefetch
+                        and (not pending or held + int(records[nxt].get("bytes", 0)) <= cap)
+                    ):
+                        record = records[nxt]
+                        pending.append((record, pool.submit(self._decode, record)))
+                        held += int(record.get("bytes", 0))
+                        nxt += 1
+                    if not pending:
+                        return
+                    record, future = pending.popleft()
+                    host = future.result()
+                    held -= int(record.get("bytes", 0))
+                    batch = self._batch(record, host)
+                    self._position += 1
+                    self._announce(record, batch)
+                    yield batch
+            finally:
+                for _, future in pending:
+                    future.cancel()
 
     def state_dict(self) -> dict[str, Any]:
         """The files consumed so far, tied to this directory's plan."""

@@ -28,6 +28,9 @@ BUILTINS = {
     "sequential",
     "torch",
     "mlx",
+    "npz",
+    "pt",
+    "h5",
 }
 
 
