@@ -126,8 +126,10 @@ class BatchReader:
             arrays = self.writer.read(str(path))
         except FileNotFoundError:
             raise DataError("missing batch file", file=str(path)) from None
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise DataError(f"cannot read batch file ({exc})", file=str(path)) from None
+        except Exception as exc:  # each format fails its own way (BadZipFile, OSError, ...)
+            raise DataError(
+                f"cannot read batch file ({type(exc).__name__}: {exc})", file=str(path)
+            ) from None
         host = {k: v for k, v in arrays.items() if k not in _META}
         self._remember(record["file"], host)
         return host

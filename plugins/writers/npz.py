@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import os
+import struct
 import zipfile
 from collections.abc import Mapping
 from typing import Any, BinaryIO, ClassVar
@@ -14,6 +17,10 @@ from laden.registry import Registry
 
 #: A fixed timestamp for every member, so equal batches give byte-identical files.
 _EPOCH = (1980, 1, 1, 0, 0, 0)
+#: Bytes zipfile appends to a local header's extra field when ``force_zip64`` is set.
+_ZIP64_EXTRA = 20
+#: Header id of the padding extra field (an unassigned id, as zipalign uses one).
+_PAD_ID = 0xD935
 
 
 @attrs.frozen(kw_only=True)
@@ -42,14 +49,64 @@ class NpzWriter:
             for key in sorted(columns):
                 info = zipfile.ZipInfo(f"{key}.npy", date_time=_EPOCH)
                 info.compress_type = method
+                if method == zipfile.ZIP_STORED:
+                    # Pad the local header so the member's data starts on a 64-byte
+                    # boundary: with numpy's 64-byte .npy headers, the arrays are then
+                    # aligned in the file and ``read`` can use them in place.
+                    data = archive.start_dir + 30 + len(info.filename.encode()) + _ZIP64_EXTRA
+                    pad = -(data + 4) % 64
+                    info.extra = struct.pack("<HH", _PAD_ID, pad) + bytes(pad)
                 with archive.open(info, "w", force_zip64=True) as member:
                     np.lib.format.write_array(
                         member, np.asarray(columns[key], order="C"), allow_pickle=False
                     )
 
     def read(self, path: str) -> dict[str, np.ndarray]:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+        """The columns of a file.
+
+        A stored (uncompressed) file is read with one ``readinto`` (the copy
+        happens outside the interpreter lock, so a prefetch thread overlaps
+        with the consumer) and aligned members become views of that buffer;
+        compressed or foreign files go through ``np.load``.
+        """
+        with open(path, "rb") as f:
+            with zipfile.ZipFile(f) as archive:
+                infos = archive.infolist()
+            if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+                with np.load(path, allow_pickle=False) as data:
+                    return {key: data[key] for key in data.files}
+            buffer = np.empty(os.fstat(f.fileno()).st_size, dtype=np.uint8)  # no zero fill
+            f.seek(0)
+            if f.readinto(memoryview(buffer)) != buffer.size:
+                raise ValueError(f"{path}: the file shrank while being read")
+        raw = memoryview(buffer)
+        out = {}
+        for info in infos:
+            local = info.header_offset
+            if raw[local : local + 4] != b"PK\x03\x04":
+                raise ValueError(f"{path}: bad zip local header for {info.filename}")
+            name_len, extra_len = struct.unpack_from("<HH", raw, local + 26)
+            start = local + 30 + name_len + extra_len
+            header = io.BytesIO(raw[start : start + min(info.file_size, 1 << 16)])
+            version = np.lib.format.read_magic(header)
+            shape, fortran, dtype = (
+                np.lib.format.read_array_header_1_0(header)
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0(header)
+            )
+            if dtype.hasobject:
+                raise ValueError(f"{path}: {info.filename} holds Python objects; not loaded")
+            at = start + header.tell()
+            count = int(np.prod(shape, dtype=np.int64))
+            if at + count * dtype.itemsize > start + info.file_size:
+                raise ValueError(f"{path}: {info.filename} is shorter than its header says")
+            array = np.frombuffer(buffer, dtype=dtype, count=count, offset=at)
+            if not array.flags.aligned:
+                array = array.copy()
+            out[info.filename.removesuffix(".npy")] = array.reshape(
+                shape, order="F" if fortran else "C"
+            )
+        return out
 
 
 @hookimpl
