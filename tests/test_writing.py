@@ -426,3 +426,38 @@ def test_content_digest_ignores_metadata_and_order() -> None:
     b = {"y": np.ones((2, 2)), "x": np.arange(3), "step": np.asarray(2)}
     assert content_digest(a) == content_digest(b)
     assert content_digest(a) != content_digest({**a, "x": np.arange(1, 4)})
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_npz_reader_half_matches_np_load(tmp_path: Path, compress: bool) -> None:
+    from laden.plugins.writers.npz import NpzWriter
+
+    writer = NpzWriter(compress=compress)
+    arrays = {
+        "input_ids": np.arange(24, dtype=np.int64).reshape(4, 6),
+        "cu_seqlens": np.array([0, 3, 9], dtype=np.int32),
+        "mask": np.ones((2, 1, 3, 3), dtype=bool),
+        "max_seqlen": np.asarray(6),
+    }
+    path = tmp_path / "b.npz"
+    with path.open("wb") as f:
+        writer.write(f, arrays, {"epoch": 1, "step": 2, "rank": 0, "padding": False})
+    got = writer.read(str(path))
+    with np.load(path, allow_pickle=False) as plain:
+        assert sorted(plain.files) == sorted(got)
+        for key in plain.files:
+            assert got[key].dtype == plain[key].dtype
+            assert got[key].shape == plain[key].shape
+            assert np.array_equal(got[key], plain[key])
+    assert int(got["step"]) == 2
+    assert got["input_ids"].flags.aligned
+    assert got["input_ids"].flags.writeable
+    if not compress:  # members start on 64-byte boundaries: the arrays are views
+        assert got["input_ids"].base is not None
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                raw = path.read_bytes()
+                name_len, extra_len = np.frombuffer(
+                    raw[info.header_offset + 26 : info.header_offset + 30], "<u2"
+                )
+                assert (info.header_offset + 30 + name_len + extra_len) % 64 == 0
