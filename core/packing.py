@@ -150,7 +150,8 @@ def best_fit_decreasing(
                 if rem:
                     each[-1] = rem
             else:  # bins of one room class may have different free slots
-                tail = np.asarray(bins[-min(len(bins), count) :], dtype=np.int64)
+                # From the end of the list, which is where ``del`` below removes them.
+                tail = np.asarray(bins[-min(len(bins), count) :][::-1], dtype=np.int64)
                 fill = np.minimum(room // length, slots[tail])
                 cum = np.cumsum(fill)
                 k = int(np.searchsorted(cum, count))

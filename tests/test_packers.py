@@ -179,3 +179,12 @@ def test_segment_cap_through_the_kernel(kernel: laden.Kernel, name: str) -> None
     assert int(plan.seg_length.sum()) == int(lengths.sum())
     with pytest.raises(laden.ConfigError, match="max_segments_per_pack"):
         kernel.create("packer", {"name": name, "max_length": 512, "max_segments_per_pack": 0})
+
+
+def test_capped_bfd_regression_takes_the_bins_it_removes() -> None:
+    # Found by hypothesis: a partially used room class removed the wrong bin.
+    lengths = np.array([1, 3, 3, 11, 11])
+    for cap in (1, 2, 3, 4):
+        bins = best_fit_decreasing(lengths, 17, cap)
+        assert np.bincount(bins, weights=lengths).max() <= 17
+        assert np.bincount(bins).max() <= cap
