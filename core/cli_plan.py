@@ -10,17 +10,11 @@ from typing import Any
 import attrs
 import click
 
+from laden.cli_data import _kernel
 from laden.config import load_config
 from laden.errors import ConfigError
-from laden.kernel import Kernel
 from laden.lengths import load_lengths
 from laden.plan import BatchPlan
-
-
-def _kernel() -> Kernel:
-    kernel = click.get_current_context().find_object(Kernel)
-    assert kernel is not None
-    return kernel
 
 
 @click.group("plan")

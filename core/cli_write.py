@@ -8,19 +8,13 @@ from typing import Any
 
 import click
 
-from laden.cli_data import _options
+from laden.cli_data import _kernel, _options
 from laden.errors import ConfigError, DataError
 from laden.kernel import Kernel
 from laden.lengths import load_lengths
 from laden.plan import BatchPlan
 from laden.progress import Progress
 from laden.writing import verify_directory, write_batches
-
-
-def _kernel() -> Kernel:
-    kernel = click.get_current_context().find_object(Kernel)
-    assert kernel is not None
-    return kernel
 
 
 def tokenizer_of(kernel: Kernel, meta: dict[str, Any], options: dict[str, Any]) -> Any:

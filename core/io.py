@@ -22,6 +22,7 @@ __all__ = [
     "atomic_open",
     "atomic_write_bytes",
     "file_digest",
+    "plain_json",
     "read_array",
     "read_json",
     "write_array",
@@ -165,6 +166,19 @@ def read_array(directory: Path, info: Mapping[str, Any], *, chunk: int = 8 << 20
     if h.hexdigest() != info["blake2b"]:
         raise DataError("checksum mismatch: the file was altered", file=str(path))
     return out
+
+
+def plain_json(value: Any) -> Any:
+    """A JSON-ready copy: tuples to lists, numpy scalars and arrays to Python values."""
+    if isinstance(value, Mapping):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -21,7 +21,14 @@ import numpy as np
 
 from laden.batching import smallest_uint
 from laden.errors import ConfigError, DataError
-from laden.io import atomic_directory, read_array, read_json, write_array, write_json
+from laden.io import (
+    atomic_directory,
+    plain_json,
+    read_array,
+    read_json,
+    write_array,
+    write_json,
+)
 from laden.records import BatchSpec, EpochPlan, LengthTable, PackPlan, array_digest
 from laden.seeding import rng_for
 from laden.serde import canonical_json, config_of, digest
@@ -439,11 +446,11 @@ class BatchPlan:
                         "epoch": plan.epoch,
                         "seed": plan.seed,
                         "batches": len(plan),
-                        "report": _plain(plan.report),
+                        "report": plain_json(plan.report),
                         "arrays": arrays,
                     }
                 )
-            write_json(tmp / "meta.json", _plain(meta))
+            write_json(tmp / "meta.json", plain_json(meta))
         return target
 
     @classmethod
@@ -543,19 +550,6 @@ def _narrow(values: np.ndarray) -> np.ndarray:
     if values.size and int(values.min()) < 0:
         return values.astype(np.int64)
     return values.astype(smallest_uint(top))
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: numpy scalars and arrays to Python values."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _deal(

@@ -29,7 +29,7 @@ import numpy as np
 
 from laden.collate import BatchLayout
 from laden.errors import ConfigError, DataError, LadenError
-from laden.io import atomic_open, file_digest, read_json, write_json
+from laden.io import atomic_open, file_digest, plain_json, read_json, write_json
 from laden.plan import BatchPlan
 from laden.records import LengthTable, array_digest
 from laden.samples import SourceSamples
@@ -281,7 +281,7 @@ def write_batches(
             )
         previous = load_manifest(out)
         for key, value in identity.items():
-            if _plain(previous.get(key)) != _plain(value):
+            if plain_json(previous.get(key)) != plain_json(value):
                 raise ConfigError(
                     f"cannot resume: the manifest's {key} is {previous.get(key)!r}, "
                     f"this run's is {value!r}",
@@ -316,7 +316,7 @@ def write_batches(
     def flush(complete: bool = False) -> None:
         manifest["complete"] = complete
         manifest["files"] = dict(sorted(manifest["files"].items()))
-        write_json(out / MANIFEST, _plain(manifest))
+        write_json(out / MANIFEST, plain_json(manifest))
 
     flush()
     try:
@@ -373,13 +373,3 @@ def verify_directory(directory: str | os.PathLike[str]) -> list[str]:
     if not manifest.get("complete"):
         problems.append(f"{root / MANIFEST}: the run did not finish (use `laden write --resume`)")
     return problems
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

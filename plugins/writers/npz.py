@@ -77,13 +77,13 @@ class NpzWriter:
                     return {key: data[key] for key in data.files}
             buffer = np.empty(os.fstat(f.fileno()).st_size, dtype=np.uint8)  # no zero fill
             f.seek(0)
-            if f.readinto(memoryview(buffer)) != buffer.size:
+            if f.readinto(memoryview(buffer)) != buffer.size:  # type: ignore[arg-type]
                 raise ValueError(f"{path}: the file shrank while being read")
-        raw = memoryview(buffer)
+        raw = memoryview(buffer)  # type: ignore[arg-type]
         out = {}
         for info in infos:
             local = info.header_offset
-            if raw[local : local + 4] != b"PK\x03\x04":
+            if bytes(raw[local : local + 4]) != b"PK\x03\x04":
                 raise ValueError(f"{path}: bad zip local header for {info.filename}")
             name_len, extra_len = struct.unpack_from("<HH", raw, local + 26)
             start = local + 30 + name_len + extra_len
