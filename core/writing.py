@@ -20,7 +20,7 @@ import functools
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -135,16 +135,17 @@ def _write_one(context: _Context, task: _Task) -> dict[str, Any]:
     }
 
 
-def _tasks(plan: BatchPlan, table: LengthTable, skip: set[str], suffix: str) -> list[_Task]:
+def _tasks(plan: BatchPlan, table: LengthTable, skip: set[str], suffix: str) -> Iterator[_Task]:
+    """The batches still to write, made as the executor asks for them (a plan may hold
+    hundreds of thousands)."""
     assert table.offset is not None
     lengths = plan.pack.pack_lengths if plan.pack is not None else table.length
-    tasks = []
     for epoch, step, spec in plan.iter_from():
         if file_name(epoch, step, plan.rank, suffix) in skip:
             continue
         layout = BatchLayout.for_batch(spec, lengths, plan.pack)
         uniq, local = np.unique(layout.sample, return_inverse=True)
-        tasks.append(
+        yield (
             _Task(
                 epoch=epoch,
                 step=step,
@@ -156,7 +157,6 @@ def _tasks(plan: BatchPlan, table: LengthTable, skip: set[str], suffix: str) -> 
                 offsets=table.offset[uniq],
             )
         )
-    return tasks
 
 
 def load_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
@@ -302,6 +302,7 @@ def write_batches(
     manifest["files"] = dict(done)
     total = plan.total_steps
     tasks = _tasks(plan, table, set(done), writer.suffix)
+    todo = total - sum(1 for name in done if _NAME.match(name))
     context = _Context(
         source=source,
         tokenizer=tokenizer,
@@ -321,7 +322,7 @@ def write_batches(
     flush()
     try:
         for record in executor.map(
-            functools.partial(_write_one, context), tasks, total=len(tasks), progress=progress
+            functools.partial(_write_one, context), tasks, total=todo, progress=progress
         ):
             manifest["files"][record["file"]] = record
             if record["status"] == "ok":
