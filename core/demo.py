@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import sysconfig
 import time
@@ -18,6 +17,7 @@ import attrs
 import click
 import numpy as np
 
+from laden.io import atomic_open
 from laden.kernel import Kernel
 from laden.progress import Progress
 
@@ -59,16 +59,12 @@ def write_stdlib_dataset(
     executor = kernel.create("executor", {"name": "local", "workers": workers})
     output.mkdir(parents=True, exist_ok=True)
     path = output / "stdlib.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
     rows = 0
-    with Progress(len(files), "reading stdlib", unit="files") as bar, tmp.open("w") as out:
+    with Progress(len(files), "reading stdlib", unit="files") as bar, atomic_open(path) as out:
         for samples in executor.map(_read_samples, files, progress=bar):
             for sample_id, text in samples:
-                out.write(json.dumps({"id": sample_id, "text": text}) + "\n")
+                out.write((json.dumps({"id": sample_id, "text": text}) + "\n").encode())
                 rows += 1
-        out.flush()
-        os.fsync(out.fileno())
-    tmp.replace(path)
     return path, rows
 
 
