@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 
-from laden.records import BatchSpec, PackPlan
+from laden.records import BatchSpec, PackPlan, csr_take, offsets_from_sizes
 from laden.validators import one_of, optional, positive
 
 __all__ = [
@@ -39,13 +39,6 @@ __all__ = [
 IGNORE_INDEX = -100
 
 
-def _exclusive_cumsum(values: np.ndarray) -> np.ndarray:
-    out = np.zeros(values.size, dtype=np.int64)
-    if values.size > 1:
-        np.cumsum(values[:-1], out=out[1:])
-    return out
-
-
 @attrs.frozen(kw_only=True, eq=False)
 class Ragged:
     """Variable-length rows in CSR form: row ``i`` is ``values[offsets[i]:offsets[i+1]]``."""
@@ -57,8 +50,7 @@ class Ragged:
     def from_sequences(cls, sequences: Sequence[Any], dtype: Any = np.int64) -> Ragged:
         """Concatenate sequences (lists or arrays) into one buffer."""
         arrays = [np.asarray(s, dtype=dtype).reshape(-1) for s in sequences]
-        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-        np.cumsum([a.size for a in arrays], out=offsets[1:])
+        offsets = offsets_from_sizes([a.size for a in arrays])
         values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
         return cls(values=values, offsets=offsets)
 
@@ -74,12 +66,7 @@ class Ragged:
 
     def take(self, rows: np.ndarray) -> Ragged:
         """The given rows, as a new Ragged (vectorized)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        lengths = self.lengths[rows]
-        offsets = np.zeros(rows.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        local = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-        where = np.repeat(self.offsets[rows], lengths) + local
+        where, offsets = csr_take(self.offsets, rows)
         return Ragged(values=self.values[where], offsets=offsets)
 
 
@@ -131,15 +118,12 @@ class BatchLayout:
     ) -> BatchLayout:
         """The given packs of a pack plan, one per row (``row_length`` defaults to the plan's)."""
         packs = np.asarray(packs, dtype=np.int64)
-        lo, hi = plan.offsets[packs], plan.offsets[packs + 1]
-        counts = hi - lo
-        local = np.arange(int(counts.sum()), dtype=np.int64)
-        where = np.repeat(lo, counts) + local - np.repeat(_exclusive_cumsum(counts), counts)
+        where, offsets = csr_take(plan.offsets, packs)
         return cls(
             sample=plan.order[where],
             start=plan.seg_start[where],
             length=plan.seg_length[where],
-            row=np.repeat(np.arange(packs.size, dtype=np.int64), counts),
+            row=np.repeat(np.arange(packs.size, dtype=np.int64), np.diff(offsets)),
             num_rows=int(packs.size),
             row_length=plan.max_length if row_length is None else row_length,
         )
@@ -239,7 +223,7 @@ def collate(
         )
 
     # Per segment (cheap): where it starts in the batch's token stream, its number in its row.
-    seg_first = _exclusive_cumsum(length)
+    seg_first = offsets_from_sizes(length)[:-1]
     row_first_seg = np.searchsorted(row, np.arange(rows), side="left")
     number_in_row = np.arange(row.size, dtype=np.int64) - row_first_seg[row] + 1
     # Rows are filled from position 0, so real tokens are a prefix of each row and

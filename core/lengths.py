@@ -24,7 +24,7 @@ import numpy as np
 from laden.errors import DataError
 from laden.io import atomic_directory, file_digest, read_array, read_json, write_array, write_json
 from laden.progress import Progress
-from laden.records import LengthTable
+from laden.records import LengthTable, offsets_from_sizes
 
 __all__ = ["FORMAT_VERSION", "build_lengths", "load_lengths", "save_lengths"]
 
@@ -36,8 +36,7 @@ def _encode_ids(ids: np.ndarray) -> dict[str, np.ndarray]:
         return {"ids": ids.astype(np.int64)}
     encoded = [str(i).encode("utf-8") for i in ids.tolist()]
     lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = offsets_from_sizes(lengths)
     blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
     return {"ids_blob": blob, "ids_offsets": offsets}
 

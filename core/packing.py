@@ -13,7 +13,7 @@ import attrs
 import numpy as np
 
 from laden.errors import DataError
-from laden.records import LengthTable, PackPlan
+from laden.records import LengthTable, PackPlan, offsets_from_sizes
 from laden.seeding import rng_for
 from laden.validators import at_least, one_of, optional, positive
 
@@ -333,9 +333,7 @@ def pack_plan_from_bins(
         place = np.arange(bins.size)
     else:
         place = np.argsort(bins, kind="stable")
-    counts = np.bincount(bins)
-    offsets = np.zeros(counts.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
+    offsets = offsets_from_sizes(np.bincount(bins))
     return PackPlan(
         order=sample[place],
         offsets=offsets,

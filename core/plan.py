@@ -29,7 +29,15 @@ from laden.io import (
     write_array,
     write_json,
 )
-from laden.records import BatchSpec, EpochPlan, LengthTable, PackPlan, array_digest
+from laden.records import (
+    BatchSpec,
+    EpochPlan,
+    LengthTable,
+    PackPlan,
+    array_digest,
+    csr_take,
+    offsets_from_sizes,
+)
 from laden.seeding import rng_for
 from laden.serde import canonical_json, config_of, digest
 
@@ -45,18 +53,9 @@ FORMAT_VERSION = 1
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
-def _exclusive_cumsum(values: np.ndarray) -> np.ndarray:
-    out = np.zeros(values.size + 1, dtype=np.int64)
-    np.cumsum(values, out=out[1:])
-    return out
-
-
 def _take_batches(plan: EpochPlan, batches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(order, offsets)`` of the given batches of ``plan``, in that order (vectorized)."""
-    sizes = plan.batch_sizes[batches]
-    offsets = _exclusive_cumsum(sizes)
-    step = np.arange(offsets[-1], dtype=np.int64)
-    where = np.repeat(plan.offsets[batches] - offsets[:-1], sizes) + step
+    where, offsets = csr_take(plan.offsets, batches)
     return plan.order[where], offsets
 
 
@@ -473,7 +472,7 @@ class BatchPlan:
                 a = meta["pack"]["arrays"]
                 pack = PackPlan(
                     order=read_array(root, a["order"]).astype(np.int64),
-                    offsets=_exclusive_cumsum(read_array(root, a["sizes"]).astype(np.int64)),
+                    offsets=offsets_from_sizes(read_array(root, a["sizes"]).astype(np.int64)),
                     seg_length=read_array(root, a["seg_length"]).astype(np.int64),
                     seg_start=read_array(root, a["seg_start"]).astype(np.int64),
                     max_length=int(meta["pack"]["max_length"]),
@@ -486,7 +485,7 @@ class BatchPlan:
                 epochs.append(
                     EpochPlan(
                         order=read_array(root, a["order"]),
-                        offsets=_exclusive_cumsum(read_array(root, a["sizes"]).astype(np.int64)),
+                        offsets=offsets_from_sizes(read_array(root, a["sizes"]).astype(np.int64)),
                         max_length=read_array(root, a["max_length"]),
                         bucket=read_array(root, a["bucket"]),
                         epoch=int(item["epoch"]),

@@ -18,7 +18,15 @@ import numpy as np
 
 from laden.errors import ConfigError
 
-__all__ = ["BatchSpec", "EpochPlan", "LengthTable", "PackPlan", "array_digest"]
+__all__ = [
+    "BatchSpec",
+    "EpochPlan",
+    "LengthTable",
+    "PackPlan",
+    "array_digest",
+    "csr_take",
+    "offsets_from_sizes",
+]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -35,6 +43,28 @@ def _int_column(name: str, values: Any, size: int | None = None) -> np.ndarray:
     if size is not None and array.size != size:
         raise ConfigError(f"has {array.size} rows, expected {size}", path=(name,))
     return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def offsets_from_sizes(sizes: Any) -> np.ndarray:
+    """CSR offsets (``n + 1``, starting at 0) of rows of the given sizes."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    offsets = np.zeros(sizes.size + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return offsets
+
+
+def csr_take(offsets: np.ndarray, rows: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Gather rows of a CSR layout, vectorized.
+
+    :returns: ``(where, new_offsets)``: the positions in the values of the given
+        rows, concatenated in the order given, and the offsets of the result.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = offsets[rows]
+    sizes = offsets[rows + 1] - starts
+    new = offsets_from_sizes(sizes)
+    where = np.repeat(starts - new[:-1], sizes) + np.arange(new[-1], dtype=np.int64)
+    return where, new
 
 
 def array_digest(*arrays: np.ndarray | None, size: int = 16) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 from laden.batching import cut_descending, smallest_uint, suggest_bucket_edges
 from laden.errors import ConfigError, DataError
 from laden.hookspecs import hookimpl
-from laden.records import EpochPlan, LengthTable
+from laden.records import EpochPlan, LengthTable, offsets_from_sizes
 from laden.registry import Registry
 from laden.seeding import rng_for
 from laden.validators import increasing, one_of, optional, positive
@@ -227,8 +227,7 @@ class TokenBudgetSampler:
             order = order[_gather_segments(starts[shuffle], sizes[shuffle])]
             sizes, max_length, bucket = sizes[shuffle], max_length[shuffle], bucket[shuffle]
 
-        offsets = np.zeros(sizes.size + 1, dtype=np.int64)
-        np.cumsum(sizes, out=offsets[1:])
+        offsets = offsets_from_sizes(sizes)
         report: dict[str, Any] = {
             "sampler": self.name,
             "bucket_edges": edges.tolist() if self.bucket_by == "length" else [],
