@@ -214,17 +214,19 @@ class BatchPlan:
             "table_digest": self.table_digest,
         }
 
+    def _identity(self) -> dict[str, Any]:
+        """What the plan was made from and for: the head of the fingerprint and of meta.json."""
+        return {
+            "config": self.config,
+            "table_digest": self.table_digest,
+            "num_samples": self.num_samples,
+            "num_units": self.num_units,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+
     def _digest(self) -> str:
-        head = canonical_json(
-            {
-                "config": self.config,
-                "table_digest": self.table_digest,
-                "num_samples": self.num_samples,
-                "num_units": self.num_units,
-                "rank": self.rank,
-                "world_size": self.world_size,
-            }
-        )
+        head = canonical_json(self._identity())
         parts: list[bytes | str] = [head]
         if self.pack is not None:
             p = self.pack
@@ -344,14 +346,24 @@ class BatchPlan:
 
     # ---------------------------------------------------------------- verify
 
+    def require_table(self, table: LengthTable) -> None:
+        """Raise a DataError unless ``table`` is the length table the plan was built from."""
+        digest = table.digest()
+        if digest != self.table_digest:
+            raise DataError(
+                f"the length table does not match the plan (digest {digest}, "
+                f"the plan was built from {self.table_digest})"
+            )
+
     def verify(self, table: LengthTable, *, kernel: Kernel | None = None) -> PlanCheck:
         """Rebuild from the config and ``table`` and compare, batch by batch."""
         from laden.kernel import Kernel
 
-        if table.digest() != self.table_digest:
+        digest = table.digest()
+        if digest != self.table_digest:
             return PlanCheck(
                 ok=False,
-                reason=f"the length table differs (digest {table.digest()}, "
+                reason=f"the length table differs (digest {digest}, "
                 f"the plan was built from {self.table_digest})",
             )
         kernel = kernel or Kernel()
@@ -401,12 +413,7 @@ class BatchPlan:
                 "format_version": FORMAT_VERSION,
                 "laden_version": _version(),
                 "fingerprint": self.fingerprint,
-                "config": self.config,
-                "table_digest": self.table_digest,
-                "num_samples": self.num_samples,
-                "num_units": self.num_units,
-                "rank": self.rank,
-                "world_size": self.world_size,
+                **self._identity(),
                 "shard_report": self.shard_report,
                 "pack": None,
                 "epochs": [],

@@ -140,11 +140,7 @@ class PlanDataset:
     @classmethod
     def for_plan(cls, plan: BatchPlan, samples: Any, table: Any, **kwargs: Any) -> PlanDataset:
         """The dataset of ``plan``'s units over ``table``'s samples."""
-        if table.digest() != plan.table_digest:
-            raise DataError(
-                "the length table does not match the plan "
-                f"(digest {table.digest()}, the plan was built from {plan.table_digest})"
-            )
+        plan.require_table(table)
         lengths = plan.pack.pack_lengths if plan.pack is not None else table.length
         return cls(samples, lengths, pack=plan.pack, **kwargs)
 

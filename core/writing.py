@@ -174,11 +174,7 @@ def load_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _check_inputs(plan: BatchPlan, table: LengthTable, source: Any) -> None:
-    if table.digest() != plan.table_digest:
-        raise DataError(
-            f"the length table (digest {table.digest()}) is not the one the plan was built "
-            f"from ({plan.table_digest})"
-        )
+    plan.require_table(table)
     if table.offset is None:
         raise DataError("the length table has no byte offsets; build it with `laden lengths build`")
     recorded = table.meta.get("dataset_digest")
