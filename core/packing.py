@@ -80,12 +80,22 @@ def _sorted_groups(seg_lengths: np.ndarray) -> tuple[np.ndarray, list[int], list
 
 def _open_bins(
     count: int, length: int, capacity: int, cap: int, next_bin: int
-) -> tuple[np.ndarray, int, int]:
-    """New bins for ``count`` items of ``length``: bin of each item, bins opened, items in last."""
+) -> tuple[np.ndarray, int, int, int]:
+    """New bins for ``count`` items of ``length``.
+
+    :returns: the bin of each item, bins opened, items per full bin, items in the last.
+    """
     per = min(capacity // length, cap)
     opened = -(-count // per)
     ids = np.arange(next_bin, next_bin + opened, dtype=np.int64)
-    return np.repeat(ids, per)[:count], opened, count - (opened - 1) * per
+    return np.repeat(ids, per)[:count], opened, per, count - (opened - 1) * per
+
+
+def _unsort(order: np.ndarray, values_of_sorted: np.ndarray) -> np.ndarray:
+    """Values in input order, given them in the order ``order`` sorted the input."""
+    out = np.empty_like(values_of_sorted)
+    out[order] = values_of_sorted
+    return out
 
 
 def best_fit_decreasing(
@@ -128,10 +138,9 @@ def best_fit_decreasing(
             hit = int(np.argmax(nonempty[length:]))
             room = length + hit
             if not nonempty[room]:  # no open bin fits: open new ones
-                bins_of_sorted[pos:end], opened, rem = _open_bins(
+                bins_of_sorted[pos:end], opened, per, rem = _open_bins(
                     count, length, capacity, cap, next_bin
                 )
-                per = min(capacity // length, cap)
                 if max_segments is not None:
                     slots[next_bin : next_bin + opened - 1] -= per
                     slots[next_bin + opened - 1] -= rem
@@ -179,9 +188,7 @@ def best_fit_decreasing(
                 for left in np.unique(lefts).tolist():
                     move(np.asarray(used)[lefts == left].tolist(), left)
             pos += take
-    bin_of = np.empty(n, dtype=np.int64)
-    bin_of[order] = bins_of_sorted
-    return bin_of
+    return _unsort(order, bins_of_sorted)
 
 
 def first_fit_decreasing(
@@ -226,10 +233,9 @@ def first_fit_decreasing(
                 pos += take
                 count -= take
         if count:
-            bins_of_sorted[pos:end], opened, rem = _open_bins(
+            bins_of_sorted[pos:end], opened, per, rem = _open_bins(
                 count, length, capacity, cap, next_bin
             )
-            per = min(capacity // length, cap)
             new = slice(next_bin, next_bin + opened)
             room[new] = capacity - per * length
             slots[new] = cap - per
@@ -239,9 +245,7 @@ def first_fit_decreasing(
             next_bin += opened
         if g % 32 == 31 or count:  # drop bins no remaining item can go into
             live = live[(room[live] >= shortest) & (slots[live] > 0)]
-    bin_of = np.empty(n, dtype=np.int64)
-    bin_of[order] = bins_of_sorted
-    return bin_of
+    return _unsort(order, bins_of_sorted)
 
 
 def sequential_bins(
