@@ -134,36 +134,10 @@ def test_lengths_build_tokenizer_options(kernel: laden.Kernel, tmp_path: Path) -
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "A a b"}\n')
     out = tmp_path / "lens"
-    result = invoke(
-        kernel,
-        "lengths",
-        "build",
-        str(data),
-        "-o",
-        str(out),
-        "--tokenizer",
-        "whitespace",
-        "-T",
-        "lowercase=true",
-        "-T",
-        "vocab_size=64",
-        "--json",
-    )
+    build = ["lengths", "build", str(data), "-o", str(out), "--tokenizer", "whitespace"]
+    result = invoke(kernel, *build, "-T", "lowercase=true", "-T", "vocab_size=64", "--json")
     assert json.loads(result.output)["tokens"] == 3
-    wrong = CliRunner().invoke(
-        build_cli(kernel),
-        [
-            "lengths",
-            "build",
-            str(data),
-            "-o",
-            str(out),
-            "--tokenizer",
-            "whitespace",
-            "-T",
-            "vocab_size=0",
-        ],
-    )
+    wrong = CliRunner().invoke(build_cli(kernel), [*build, "-T", "vocab_size=0"])
     assert wrong.exit_code == 2
     assert "tokenizer.vocab_size: must be > 1, got 0" in wrong.output
 

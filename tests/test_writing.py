@@ -74,6 +74,19 @@ def write(corpus: dict[str, Any], name: str, out: Path, **kwargs: Any) -> dict[s
     )
 
 
+def write_args(corpus: dict[str, Any]) -> list[str]:
+    """``laden write`` of the corpus's plan, data and lengths (output and options to add)."""
+    root = corpus["root"]
+    return [
+        "write",
+        str(root / "plan"),
+        "--dataset",
+        str(corpus["data"]),
+        "--lengths",
+        str(root / "lengths"),
+    ]
+
+
 def contents(directory: Path) -> dict[str, str]:
     return {n: r["content"] for n, r in load_manifest(directory)["files"].items()}
 
@@ -194,23 +207,11 @@ def test_a_failing_batch_is_recorded_and_the_run_goes_on(
     corpus: dict[str, Any], tmp_path: Path
 ) -> None:
     kernel = laden.Kernel(autoload=False)
-    root = corpus["root"]
     out = tmp_path / "out"
     with registered(kernel, FailsOnStep2()):
         result = CliRunner().invoke(
             build_cli(kernel),
-            [
-                "write",
-                str(root / "plan"),
-                "--dataset",
-                str(corpus["data"]),
-                "--lengths",
-                str(root / "lengths"),
-                "--writer",
-                "flaky",
-                "-o",
-                str(out),
-            ],
+            [*write_args(corpus), "--writer", "flaky", "-o", str(out)],
         )
     assert result.exit_code == 1
     total = corpus["plan"].total_steps
@@ -229,7 +230,6 @@ def test_a_failing_batch_is_recorded_and_the_run_goes_on(
 def test_kill_9_then_resume_gives_the_uninterrupted_result(
     corpus: dict[str, Any], tmp_path: Path
 ) -> None:
-    root = corpus["root"]
     reference = tmp_path / "reference"
     write(corpus, "npz", reference)
     out = tmp_path / "out"
@@ -237,12 +237,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(
         sys.executable,
         "-m",
         "laden",
-        "write",
-        str(root / "plan"),
-        "--dataset",
-        str(corpus["data"]),
-        "--lengths",
-        str(root / "lengths"),
+        *write_args(corpus),
         "-o",
         str(out),
     ]
@@ -268,7 +263,6 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(
 def test_disk_full_stops_cleanly_and_resume_finishes(
     corpus: dict[str, Any], tmp_path: Path
 ) -> None:
-    root = corpus["root"]
     out = tmp_path / "out"
     # A file-size cap stands in for a full disk: a write past it fails with EFBIG.
     script = (
@@ -279,12 +273,7 @@ def test_disk_full_stops_cleanly_and_resume_finishes(
         "main(sys.argv[1:])\n"
     )
     args = [
-        "write",
-        str(root / "plan"),
-        "--dataset",
-        str(corpus["data"]),
-        "--lengths",
-        str(root / "lengths"),
+        *write_args(corpus),
         "-o",
         str(out),
         "-B",
@@ -313,16 +302,8 @@ def test_disk_full_stops_cleanly_and_resume_finishes(
 
 def test_clear_errors_and_nothing_lost(corpus: dict[str, Any], tmp_path: Path) -> None:
     kernel = corpus["kernel"]
-    root = corpus["root"]
     out = tmp_path / "out"
-    base = [
-        "write",
-        str(root / "plan"),
-        "--dataset",
-        str(corpus["data"]),
-        "--lengths",
-        str(root / "lengths"),
-    ]
+    base = write_args(corpus)
     unknown = CliRunner().invoke(build_cli(kernel), [*base, "--writer", "parquet", "-o", str(out)])
     assert unknown.exit_code != 0
     assert "parquet" in unknown.output
