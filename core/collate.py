@@ -64,11 +64,6 @@ class Ragged:
     def __getitem__(self, i: int) -> np.ndarray:
         return self.values[self.offsets[i] : self.offsets[i + 1]]
 
-    def take(self, rows: np.ndarray) -> Ragged:
-        """The given rows, as a new Ragged (vectorized)."""
-        where, offsets = csr_take(self.offsets, rows)
-        return Ragged(values=self.values[where], offsets=offsets)
-
 
 @attrs.frozen(kw_only=True, eq=False)
 class BatchLayout:
