@@ -135,3 +135,22 @@ def test_top_level_layout() -> None:
         "README.md",
         "LICENSE",
     }
+
+
+def _package_folders() -> set[str]:
+    """Every folder with an ``__init__.py`` under core/, plugins/, contrib/, as a package name."""
+    roots = {"core": "laden", "plugins": "laden.plugins", "contrib": "laden.contrib"}
+    names = set()
+    for folder, package in roots.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            if "__pycache__" not in parts:
+                names.add(".".join((package, *parts)))
+    return names
+
+
+def test_the_wheel_lists_every_package() -> None:
+    # A subpackage missing from [tool.setuptools] packages is left out of the wheel while
+    # the editable install still imports it: the list must equal the folders on disk.
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert set(pyproject["tool"]["setuptools"]["packages"]) == _package_folders()
