@@ -21,6 +21,8 @@ __all__ = [
     "batch_metrics",
     "bucket_report",
     "length_stats",
+    "over_budget_line",
+    "over_budget_report",
     "packing_metrics",
     "plot_histogram",
     "recommendations",
@@ -243,6 +245,43 @@ def packing_metrics(plan: PackPlan) -> dict[str, Any]:
         "truncated_tokens": int(plan.report.get("truncated_tokens", 0)),
         "split_samples": int(plan.report.get("split_samples", 0)),
     }
+
+
+def over_budget_report(lengths: np.ndarray, limit: int, overflow: str) -> dict[str, Any]:
+    """Samples longer than ``limit`` tokens and what the overflow policy does with them.
+
+    ``tokens`` is what those samples hold, ``excess_tokens`` what lies beyond
+    the limit (what ``truncate`` cuts); ``drop`` leaves out ``tokens``, ``alone``
+    puts each such sample in a batch of its own, over budget.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    over = lengths[lengths > limit]
+    return {
+        "limit": int(limit),
+        "overflow": overflow,
+        "samples": int(over.size),
+        "tokens": int(over.sum()),
+        "excess_tokens": int((over - limit).sum()),
+        "longest": int(over.max(initial=0)),
+        "share": over.size / max(lengths.size, 1),
+    }
+
+
+def over_budget_line(report: dict[str, Any]) -> str:
+    """One line for :func:`over_budget_report`: how many samples exceed, and what happens."""
+    if not report["samples"]:
+        return f"no sample is longer than the budget allows ({report['limit']:,} tokens)"
+    head = (
+        f"{report['samples']:,} sample(s) ({report['share']:.1%}, {report['tokens']:,} tokens) "
+        f"are longer than the budget allows ({report['limit']:,} tokens): overflow "
+        f"'{report['overflow']}' "
+    )
+    effect = {
+        "drop": f"leaves them out ({report['tokens']:,} tokens dropped)",
+        "truncate": f"cuts them to the budget ({report['excess_tokens']:,} tokens cut)",
+        "alone": "puts each in a batch of its own, over budget",
+    }
+    return head + effect.get(report["overflow"], "stops with an error")
 
 
 def ascii_counts(counts: dict[int, int], *, width: int = 40, bars: int = 12) -> list[str]:

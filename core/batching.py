@@ -14,6 +14,7 @@ import numpy as np
 __all__ = [
     "cut_descending",
     "padding_to_edges",
+    "smallest_int",
     "smallest_uint",
     "suggest_bucket_edges",
 ]
@@ -25,6 +26,18 @@ def smallest_uint(max_value: int) -> type[np.unsignedinteger]:
         if max_value <= np.iinfo(dtype).max:
             return dtype
     return np.uint64
+
+
+def smallest_int(*values: int) -> np.dtype[np.signedinteger]:
+    """``int32`` when every value fits it, else ``int64``: the token columns' dtype.
+
+    Narrower types are not offered: ``position_ids`` reach the row length and
+    frameworks index embeddings with 32 or 64 bits.
+    """
+    info = np.iinfo(np.int32)
+    if all(info.min <= v <= info.max for v in values):
+        return np.dtype(np.int32)
+    return np.dtype(np.int64)
 
 
 def padding_to_edges(lengths: np.ndarray, edges: np.ndarray | tuple[int, ...]) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,11 +13,12 @@ import click
 from laden import __version__
 from laden.config import load_config
 from laden.errors import ConfigError, LadenError
+from laden.io import plain_json
 from laden.kernel import Kernel
 from laden.kinds import KINDS
 from laden.serde import config_of
 
-__all__ = ["build_cli", "main"]
+__all__ = ["build_cli", "emit_json", "main", "os_error_message"]
 
 
 class LadenCommandError(click.ClickException):
@@ -31,13 +33,41 @@ class LadenConfigCommandError(LadenCommandError):
     exit_code = 2
 
 
+#: The exit status after Ctrl-C (128 + SIGINT, as shells report it).
+INTERRUPTED_EXIT_CODE = 130
+
+
 class LadenGroup(click.Group):
+    """Turns a LadenError, an OSError (full disk, unwritable output) or Ctrl-C into ``Error:``."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except LadenError as exc:
             kind = LadenConfigCommandError if isinstance(exc, ConfigError) else LadenCommandError
             raise kind(str(exc)) from exc
+        except OSError as exc:
+            raise LadenCommandError(os_error_message(exc)) from exc
+        except KeyboardInterrupt as exc:
+            # Ctrl-C: one line, no traceback, exit 130 like a shell. What can be
+            # resumed says so in a note (``exc.add_note``) where it was stopped.
+            notes = [str(note) for note in getattr(exc, "__notes__", ())]
+            # Drop the locals of the frames it unwound: work iterators held there
+            # are closed now (ending their worker processes), not at exit.
+            traceback.clear_frames(exc.__traceback__)
+            if sys.stderr.isatty():
+                click.echo(err=True)  # past the ^C the terminal echoed
+            click.echo("Error: interrupted" + "".join(f"; {n}" for n in notes), err=True)
+            ctx.exit(INTERRUPTED_EXIT_CODE)
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line naming the path and the cause: ``out/meta.json: No space left on device``."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if paths:
+        return f"{' -> '.join(paths)}: {reason}"
+    return reason
 
 
 def kernel_of(ctx: click.Context) -> Kernel:
@@ -48,7 +78,8 @@ def kernel_of(ctx: click.Context) -> Kernel:
 
 
 def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True))
+    """Print ``value`` as indented JSON with sorted keys: the output of every ``--json``."""
+    click.echo(json.dumps(plain_json(value), indent=2, sort_keys=True, default=str))
 
 
 # ------------------------------------------------------------------ plugins

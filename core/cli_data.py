@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 from typing import Any
 
@@ -16,14 +17,19 @@ from laden.analysis import (
     batch_metrics,
     bucket_report,
     length_stats,
+    over_budget_line,
+    over_budget_report,
     packing_metrics,
     plot_histogram,
     recommendations,
     suggest_report,
 )
-from laden.errors import ConfigError
+from laden.cli import emit_json
+from laden.errors import ConfigError, DataError
+from laden.io import prepare_output_file
 from laden.kernel import Kernel
 from laden.lengths import build_lengths, load_lengths
+from laden.serde import combine_problems
 
 __all__ = ["analyze_command", "lengths_group", "suggest_command"]
 
@@ -32,10 +38,6 @@ def _kernel() -> Kernel:
     kernel = click.get_current_context().find_object(Kernel)
     assert kernel is not None
     return kernel
-
-
-def _emit(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
 def _options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
@@ -50,6 +52,33 @@ def _options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = value
     return out
+
+
+_MISSING = re.compile(r"^missing required key '([^']+)'$")
+
+
+def _create(kernel: Kernel, kind: str, config: dict[str, Any], flag: str) -> Any:
+    """``kernel.create``; a missing required setting says which ``flag KEY=...`` gives it."""
+    try:
+        return kernel.create(kind, config)
+    except ConfigError as exc:
+        problems = getattr(exc, "problems", None) or [exc]
+        hinted = []
+        for p in problems:
+            missing = _MISSING.match(p.reason)
+            if missing:
+                p = ConfigError(f"{p.reason} (pass {flag} {missing[1]}=...)", path=p.path)
+            hinted.append(p)
+        raise combine_problems(hinted) from None
+
+
+def _blank(path: str, *, block: int = 1 << 16) -> bool:
+    """Whether a file holds nothing but whitespace (stops at the first other byte)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            if chunk.strip():
+                return False
+    return True
 
 
 def _edges(text: str | None) -> tuple[int, ...]:
@@ -92,6 +121,14 @@ def lengths_group() -> None:
     help="A tokenizer setting, e.g. -T path=tokenizer.json (repeatable).",
 )
 @click.option(
+    "-S",
+    "--source-option",
+    "source_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A jsonl source setting, e.g. -S ids_field=tokens or -S vocab_size=50257 (repeatable).",
+)
+@click.option(
     "-o",
     "--output",
     required=True,
@@ -102,37 +139,59 @@ def lengths_group() -> None:
 @click.option(
     "--on-error",
     type=click.Choice(["error", "skip"]),
-    default="error",
-    show_default=True,
-    help="Stop at a malformed line, or skip and count it.",
+    default=None,
+    help="Stop at a malformed line (default), or skip and count it (-S on_error=...).",
 )
-@click.option("--text-field", default="text", show_default=True)
+@click.option("--text-field", default=None, help="Field holding the text (default: text).")
 @click.option("--no-reuse", is_flag=True, help="Measure again even if the cache matches.")
+@click.option("--force", is_flag=True, help="Replace a length cache in OUTPUT that does not match.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def lengths_build(
     dataset: str,
     tokenizer: str,
     tokenizer_options: tuple[str, ...],
+    source_options: tuple[str, ...],
     output: str,
     workers: int | None,
-    on_error: str,
-    text_field: str,
+    on_error: str | None,
+    text_field: str | None,
     no_reuse: bool,
+    force: bool,
     as_json: bool,
 ) -> None:
-    """Measure every row of DATASET (JSON lines) with a tokenizer into a length cache."""
+    """Measure every row of DATASET (JSON lines) with a tokenizer into a length cache.
+
+    OUTPUT must be new, empty or a length cache (replaced only with --force).
+    """
+    if _blank(dataset):
+        raise DataError("is empty: there are no samples to measure", file=dataset)
     kernel = _kernel()
-    tok = kernel.create(
+    tok = _create(
+        kernel,
         "tokenizer",
         {"name": tokenizer, **_options(tokenizer_options, "--tokenizer-option")},
+        "-T",
     )
-    source = kernel.create(
-        "source",
-        {"name": "jsonl", "path": dataset, "on_error": on_error, "text_field": text_field},
-    )
+    source_settings = _options(source_options, "--source-option")
+    for key in ("name", "path"):
+        if key in source_settings:
+            raise click.BadParameter(
+                f"{key!r} is not a source option (the dataset is the DATASET argument)",
+                param_hint="--source-option",
+            )
+    flags = {"on_error": on_error, "text_field": text_field}
+    source_settings.update({k: v for k, v in flags.items() if v is not None})
+    source = _create(kernel, "source", {"name": "jsonl", "path": dataset, **source_settings}, "-S")
     executor = kernel.create("executor", {"name": "local", "workers": workers})
     started = time.perf_counter()
-    table = build_lengths(source, tok, output=output, executor=executor, reuse=not no_reuse)
+    table = build_lengths(
+        source,
+        tok,
+        output=output,
+        executor=executor,
+        reuse=not no_reuse,
+        overwrite=force or no_reuse,  # measuring again replaces the cache: that is the ask
+    )
     summary = {
         "output": output,
         "samples": len(table),
@@ -145,7 +204,7 @@ def lengths_build(
         "tokenizer_hash": table.meta.get("tokenizer_hash"),
     }
     if as_json:
-        _emit(summary)
+        emit_json(summary)
         return
     state = "reused" if summary["reused"] else "measured"
     click.echo(
@@ -161,15 +220,18 @@ def lengths_build(
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also write a PNG histogram.")
-def lengths_stats(directory: str, as_json: bool, plot: str | None) -> None:
+@click.option("--force", is_flag=True, help="Overwrite an existing --plot file.")
+def lengths_stats(directory: str, as_json: bool, plot: str | None, force: bool) -> None:
     """Length statistics and histogram of a length cache."""
+    if plot:
+        prepare_output_file(plot, force=force, option="--plot")
     table = load_lengths(directory)
     stats = length_stats(table.length)
     meta = {k: table.meta.get(k) for k in ("dataset", "tokenizer", "skipped")}
     if plot:
         plot_histogram(table.length, plot, title=f"{directory}: sample lengths")
     if as_json:
-        _emit({**stats, **meta, "plot": plot})
+        emit_json({**stats, **meta, "plot": plot})
         return
     click.echo(f"{directory}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in stats.items()))
     click.echo(f"dataset={meta['dataset']} tokenizer={meta['tokenizer']}")
@@ -192,9 +254,18 @@ def lengths_stats(directory: str, as_json: bool, plot: str | None) -> None:
     show_default=True,
     help="Token budget of the simulated token_budget plan.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--overflow",
+    type=click.Choice(["error", "drop", "truncate", "alone"]),
+    default="error",
+    show_default=True,
+    help="What the simulated plan does with a sample longer than the budget (the "
+    "token_budget sampler's overflow).",
+)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also write a PNG histogram.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --plot file.")
 @click.option(
     "--pack-length",
     type=int,
@@ -210,13 +281,17 @@ def analyze_command(
     directory: str,
     bucket_edges: str | None,
     token_budget: int,
+    overflow: str,
     seed: int,
     as_json: bool,
     plot: str | None,
+    force: bool,
     pack_length: int | None,
     packer: str,
 ) -> None:
     """Bucket efficiency, recommendations and batch metrics for a length cache."""
+    if plot:
+        prepare_output_file(plot, force=force, option="--plot")
     if token_budget <= 0:
         raise ConfigError(f"must be > 0, got {token_budget}", path=("token_budget",))
     if pack_length is not None and pack_length <= 0:
@@ -230,9 +305,18 @@ def analyze_command(
             "name": "token_budget",
             "token_budget": token_budget,
             "bucket_edges": list(edges),
-            "overflow": "alone",
+            "overflow": overflow,
         },
     )
+    over_budget = over_budget_report(table.length, sampler.max_sample_length, overflow)
+    if over_budget["samples"] and overflow == "error":
+        raise DataError(
+            f"{over_budget['samples']:,} sample(s) with {over_budget['tokens']:,} tokens are "
+            f"longer than the token budget allows ({over_budget['limit']:,} tokens; the longest "
+            f"has {over_budget['longest']:,}): pass --overflow drop, truncate or alone (the "
+            "sampler's overflow setting), or raise --token-budget",
+            file=directory,
+        )
     plan = kernel.plan_epoch(sampler, table, seed=seed)
     fixed_size = max(int(np.median(plan.batch_sizes)) if len(plan) else 1, 1)
     random_plan = kernel.create("sampler", {"name": "fixed", "batch_size": fixed_size})
@@ -242,6 +326,7 @@ def analyze_command(
         "bucket_edges": list(edges),
         "buckets": bucket_report(table.length, edges),
         "recommendations": recommendations(table.length, edges),
+        "over_budget": over_budget,
         "token_budget_plan": batch_metrics(plan, table.length),
         "random_fixed_plan": {"batch_size": fixed_size, **baseline},
     }
@@ -254,7 +339,7 @@ def analyze_command(
         plot_histogram(table.length, plot, edges=edges, title=f"{directory}: lengths and edges")
         result["plot"] = plot
     if as_json:
-        _emit(result)
+        emit_json(result)
         return
     click.echo("bucket  range            samples    share  eff@edge  eff@max")
     for row in result["buckets"]:
@@ -272,6 +357,7 @@ def analyze_command(
         f"{metrics['efficiency']:.4f}, padding {metrics['padding_tokens']:,} tokens, "
         f"{metrics['distinct_shapes']:,} distinct shapes"
     )
+    click.echo(over_budget_line(over_budget))
     click.echo(
         f"random fixed batches of {fixed_size}: efficiency {baseline['efficiency']:.4f}, "
         f"padding {baseline['padding_tokens']:,} tokens"
@@ -308,7 +394,7 @@ def suggest_command(directory: str, num_buckets: int, as_json: bool) -> None:
     table = load_lengths(directory)
     report = suggest_report(table.length, num_buckets)
     if as_json:
-        _emit(report)
+        emit_json(report)
         return
     click.echo(f"bucket edges: {','.join(str(e) for e in report['bucket_edges'])}")
     click.echo(

@@ -8,10 +8,11 @@ from typing import Any
 
 import click
 
+from laden.cli import emit_json
 from laden.cli_data import _kernel, _options
 from laden.errors import ConfigError, DataError
+from laden.io import ARTIFACT_KINDS, artifact_kind, prepare_output
 from laden.kernel import Kernel
-from laden.lengths import load_lengths
 from laden.plan import BatchPlan
 from laden.progress import Progress
 from laden.writing import verify_directory, write_batches
@@ -31,19 +32,39 @@ def tokenizer_of(kernel: Kernel, meta: dict[str, Any], options: dict[str, Any]) 
     return tokenizer
 
 
+class _Stages:
+    """One progress bar per step of ``write_batches``, each started when its step starts."""
+
+    def __init__(self) -> None:
+        self.what: str | None = None
+        self.bar: Progress | None = None
+
+    def __call__(self, what: str, done: int, total: int | None) -> None:
+        if what != self.what:
+            self.close()
+            unit = "chunks" if what.startswith("tokenizing") else "files"
+            self.what, self.bar = what, Progress(total, what, unit=unit)
+        assert self.bar is not None
+        self.bar(done, total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.what = self.bar = None
+
+
 @click.command("write")
 @click.argument("plan_dir", metavar="PLAN", type=click.Path(exists=True, file_okay=False))
 @click.option(
     "--dataset",
     type=click.Path(exists=True, dir_okay=False),
-    required=True,
-    help="The JSONL file the lengths were measured on.",
+    help="The JSONL file the lengths were measured on (default: where the length cache "
+    "recorded it).",
 )
 @click.option(
     "--lengths",
     type=click.Path(exists=True, file_okay=False),
-    required=True,
-    help="The length cache the plan was built from (locates every sample).",
+    help="The length cache the plan was built from (default: where the plan recorded it).",
 )
 @click.option("--writer", default="npz", show_default=True, help="Writer strategy.")
 @click.option("-W", "writer_options", multiple=True, metavar="KEY=VALUE", help="Writer setting.")
@@ -60,10 +81,12 @@ def tokenizer_of(kernel: Kernel, meta: dict[str, Any], options: dict[str, Any]) 
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True)
 @click.option("--workers", type=int, default=0, show_default=True, help="Worker processes.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in OUTPUT.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--force", is_flag=True, help="Replace the batch files of a previous run in OUTPUT.")
 def write_command(
     plan_dir: str,
-    dataset: str,
-    lengths: str,
+    dataset: str | None,
+    lengths: str | None,
     writer: str,
     writer_options: tuple[str, ...],
     backend_options: tuple[str, ...],
@@ -71,11 +94,21 @@ def write_command(
     output: str,
     workers: int,
     resume: bool,
+    as_json: bool,
+    force: bool,
 ) -> None:
-    """Collate every batch of PLAN once and write it to OUTPUT, one file per batch."""
+    """Collate every batch of PLAN once and write it to OUTPUT, one file per batch.
+
+    The dataset and length cache are found where the plan recorded them, from
+    any directory; --dataset and --lengths name them when they moved.
+    """
+    if force and resume:
+        raise click.UsageError("--force starts over and --resume continues: pass one")
+    if force:  # refuses what is not a batch directory; write_batches clears it under its lock
+        prepare_output(output, "laden.batches", force=True)
     kernel = _kernel()
     plan = BatchPlan.load(plan_dir)
-    table = load_lengths(lengths)
+    table, dataset = plan.load_inputs(lengths=lengths, dataset=dataset)
     meta = dict(table.meta)
     source_config = dict(meta.get("source") or {"name": "jsonl"})
     source_config["path"] = dataset
@@ -88,7 +121,8 @@ def write_command(
         "backend", {"name": "numpy", **_options(backend_options, "-B")}, path=("backend",)
     )
     executor = kernel.create("executor", {"name": "local", "workers": workers})
-    with Progress(plan.total_steps, "writing batches", unit="files") as bar:
+    stages = _Stages()
+    try:
         summary = write_batches(
             plan,
             table,
@@ -99,13 +133,29 @@ def write_command(
             backend=backend,
             executor=executor,
             resume=resume,
-            progress=bar,
+            force=force,
+            progress=lambda done, total: stages("writing batches", done, total),
+            stage_progress=stages,
         )
-    click.echo(
-        f"{summary['written']:,} written, {summary['kept']:,} kept from before, "
-        f"{summary['failed']:,} failed, of {summary['total']:,} batches in "
-        f"{summary['seconds']:.1f}s -> {output}"
-    )
+    finally:
+        stages.close()
+    if as_json:
+        emit_json({**summary, "output": output, "plan": plan.fingerprint})
+    else:
+        click.echo(
+            f"{summary['written']:,} written, {summary['kept']:,} kept from before, "
+            f"{summary['failed']:,} failed, of {summary['total']:,} batches in "
+            f"{summary['seconds']:.1f}s -> {output}"
+        )
+        if summary["damaged"]:
+            names = list(summary["damaged_files"].items())
+            shown = "; ".join(f"{name}: {why}" for name, why in names[:5])
+            more = f"; and {len(names) - 5} more" if len(names) > 5 else ""
+            click.echo(
+                f"{summary['damaged']:,} kept file(s) were damaged or missing and were "
+                f"written again ({shown}{more})"
+            )
+        click.echo(f"{summary['tokens_tokenized']:,} tokens read and tokenized")
     if summary["failed"]:
         click.echo(
             f"{summary['failed']} batch(es) failed; their errors are in "
@@ -117,11 +167,19 @@ def write_command(
 
 @click.command("verify")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-def verify_command(directory: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def verify_command(directory: str, as_json: bool) -> None:
     """Re-check every batch file in DIRECTORY against its manifest (exit 1 on a problem)."""
+    found = artifact_kind(directory)
+    if found not in (None, "laden.batches"):
+        raise DataError(f"is a {ARTIFACT_KINDS[found]}, not a batch file directory", file=directory)
     problems = verify_directory(directory)
+    if as_json:
+        emit_json({"ok": not problems, "directory": directory, "problems": problems})
     if problems:
-        for line in problems:
-            click.echo(line, err=True)
+        if not as_json:
+            for line in problems:
+                click.echo(line, err=True)
         raise DataError(f"{len(problems)} problem(s) in {directory}")
-    click.echo(f"ok: every file in {directory} matches the manifest")
+    if not as_json:
+        click.echo(f"ok: every file in {directory} matches the manifest")

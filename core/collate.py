@@ -23,6 +23,8 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 
+from laden.batching import smallest_int
+from laden.errors import ConfigError, DataError
 from laden.records import BatchSpec, PackPlan, csr_take, offsets_from_sizes
 from laden.validators import one_of, optional, positive
 
@@ -181,6 +183,7 @@ def collate(
     shift_labels: bool = False,
     pad_to_multiple_of: int | None = None,
     dense_mask: str | None = None,
+    dtype: Any = np.int64,
 ) -> dict[str, Any]:
     """Host arrays of one batch (see the module docstring for the columns).
 
@@ -196,6 +199,9 @@ def collate(
     :param pad_to_multiple_of: round the row length up to a multiple of this.
     :param dense_mask: ``None``, ``"block"`` or ``"causal"``: also return the
         ``(rows, 1, L, L)`` mask ``attn_mask``. It costs O(L²) per row.
+    :param dtype: the integer dtype of the token columns (``input_ids``,
+        ``labels``, ``position_ids``, ``segment_ids``, ``attention_mask``); a
+        token id it cannot hold is a DataError, never a silent wrap-around.
     """
     keep = layout.length > 0
     sample, start, length, row = (
@@ -231,13 +237,16 @@ def collate(
     local = step - np.repeat(seg_first, length)
     src = np.repeat(base[local_sample] + start - seg_first, length) + step
     stream = values[src]
+    dtype = np.dtype(dtype)
+    if total and not np.can_cast(stream.dtype, dtype):
+        _check_fits("input_ids", stream, dtype)
 
-    input_ids = np.full((rows, width), pad_id, dtype=np.int64)
+    input_ids = np.full((rows, width), pad_id, dtype=dtype)
     input_ids[real] = stream
-    attention_mask = real.astype(np.int64)
-    position_ids = np.zeros((rows, width), dtype=np.int64)
+    attention_mask = real.astype(dtype)
+    position_ids = np.zeros((rows, width), dtype=dtype)
     position_ids[real] = local
-    segment_ids = np.zeros((rows, width), dtype=np.int64)
+    segment_ids = np.zeros((rows, width), dtype=dtype)
     segment_ids[real] = np.repeat(number_in_row, length)
     targets = stream.copy()
     if shift_labels:  # target of token t is token t+1 of the same segment
@@ -258,7 +267,7 @@ def collate(
                 np.repeat(mask_base[local_sample] + start - seg_first, length) + step
             ]
     targets[no_target] = ignore_index
-    labels = np.full((rows, width), ignore_index, dtype=np.int64)
+    labels = np.full((rows, width), ignore_index, dtype=dtype)
     labels[real] = targets
     cu_seqlens = np.zeros(length.size + 1, dtype=np.int32)
     np.cumsum(length, out=cu_seqlens[1:])
@@ -310,18 +319,53 @@ class CollatingBackend:
         (8 or 64 suits tensor cores).
     :param dense_mask: ``block`` or ``causal`` adds the dense ``attn_mask``;
         ``none`` (default) leaves it out, as it costs O(L²) per row.
-    :param int_dtype: ``int64`` (what embeddings and losses expect) or ``int32``.
-        ``cu_seqlens`` is int32 whatever this says (flash-attention's contract).
+    :param int_dtype: the dtype of the token columns (``input_ids``, ``labels``,
+        ``position_ids``, ``segment_ids``, ``attention_mask``): ``auto``
+        (default) picks the narrowest that holds the vocabulary, ``pad_id`` and
+        ``ignore_index``, which is int32 for every real tokenizer; ``int32`` or
+        ``int64`` force one. ``cu_seqlens`` is int32 (flash-attention's contract)
+        and ``sample_ids`` int64 whatever this says; with ``auto`` a backend may
+        keep columns its framework needs wide (``torch``: ``labels``). A token
+        id that does not fit is a DataError naming the setting to widen.
+    :param vocab_size: the vocabulary size, when known; with ``auto``, a
+        vocabulary beyond int32 makes the token columns int64.
     """
 
     name: ClassVar[str] = ""
+    #: Integer columns kept int64 under ``int_dtype = "auto"`` because this
+    #: framework's consumers need them so (e.g. PyTorch losses take int64 targets).
+    wide_columns: ClassVar[tuple[str, ...]] = ()
 
     pad_id: int = 0
     ignore_index: int = IGNORE_INDEX
     shift_labels: bool = False
     pad_to_multiple_of: int | None = attrs.field(default=None, validator=optional(positive))
     dense_mask: str = attrs.field(default="none", validator=one_of("none", "block", "causal"))
-    int_dtype: str = attrs.field(default="int64", validator=one_of("int64", "int32"))
+    int_dtype: str = attrs.field(default="auto", validator=one_of("auto", "int32", "int64"))
+    vocab_size: int | None = attrs.field(default=None, validator=optional(positive))
+
+    def __attrs_post_init__(self) -> None:
+        if self.int_dtype == "int32":
+            for name in ("pad_id", "ignore_index"):
+                value = getattr(self, name)
+                if smallest_int(value) != np.int32:
+                    raise ConfigError(
+                        f"{value} does not fit int_dtype 'int32'; use int_dtype 'int64'",
+                        path=(name,),
+                    )
+
+    @property
+    def token_dtype(self) -> np.dtype[Any]:
+        """The dtype of the token columns: ``int_dtype``, with ``auto`` resolved."""
+        if self.int_dtype != "auto":
+            return np.dtype(self.int_dtype)
+        top = self.vocab_size - 1 if self.vocab_size is not None else 0
+        return smallest_int(top, self.pad_id, self.ignore_index)
+
+    @property
+    def wide(self) -> tuple[str, ...]:
+        """The columns this backend hands over as int64 although ``token_dtype`` is narrower."""
+        return self.wide_columns if self.int_dtype == "auto" else ()
 
     def host(
         self, layout: BatchLayout, tokens: Any, *, loss_mask: Ragged | None = None
@@ -336,8 +380,9 @@ class CollatingBackend:
             shift_labels=self.shift_labels,
             pad_to_multiple_of=self.pad_to_multiple_of,
             dense_mask=None if self.dense_mask == "none" else self.dense_mask,
+            dtype=self.token_dtype,
         )
-        return host_dtypes(arrays, self.int_dtype)
+        return host_dtypes(arrays, self.token_dtype, wide=self.wide)
 
     def collate(
         self, layout: BatchLayout, tokens: Any, *, loss_mask: Ragged | None = None
@@ -353,21 +398,50 @@ class CollatingBackend:
 
 
 #: Columns whose dtype is fixed by the consumer's contract, whatever ``int_dtype`` says:
-#: flash-attention's varlen kernels take int32 cumulative sequence lengths.
-FIXED_DTYPES: Mapping[str, np.dtype[Any]] = {"cu_seqlens": np.dtype(np.int32)}
+#: flash-attention's varlen kernels take int32 cumulative sequence lengths, and
+#: sample ids index datasets that may hold more than 2**31 samples.
+FIXED_DTYPES: Mapping[str, np.dtype[Any]] = {
+    "cu_seqlens": np.dtype(np.int32),
+    "sample_ids": np.dtype(np.int64),
+}
 
 
-def host_dtypes(arrays: Mapping[str, Any], int_dtype: str) -> dict[str, Any]:
-    """C-contiguous numpy arrays, integer columns in ``int_dtype``; plain ints pass through."""
+def _check_fits(key: str, array: np.ndarray, dtype: np.dtype[Any]) -> None:
+    """A DataError when ``array`` holds a value ``dtype`` cannot (instead of wrapping)."""
+    info = np.iinfo(dtype)
+    low, high = array.min(), array.max()
+    if low < info.min or high > info.max:
+        value = int(high) if high > info.max else int(low)
+        raise DataError(
+            f"{key!r} holds {value}, which does not fit {dtype.name}; set the backend's "
+            f"int_dtype to 'int64' (or its vocab_size to the vocabulary's size)"
+        )
+
+
+def host_dtypes(
+    arrays: Mapping[str, Any], int_dtype: Any, *, wide: Sequence[str] = ()
+) -> dict[str, Any]:
+    """C-contiguous numpy arrays, integer columns in ``int_dtype``; plain ints pass through.
+
+    Columns in ``wide`` become int64 and those in :data:`FIXED_DTYPES` keep
+    their fixed dtype. Narrowing checks the values: one that does not fit is a
+    DataError, never a silent wrap-around.
+    """
+    target = np.dtype(int_dtype)
     out: dict[str, Any] = {}
     for key, value in arrays.items():
         if isinstance(value, int | np.integer):
             out[key] = int(value)
             continue
         array = np.asarray(value)
+        want = None
         if key in FIXED_DTYPES:
-            array = array.astype(FIXED_DTYPES[key], copy=False)
+            want = FIXED_DTYPES[key]
         elif array.dtype.kind in "iu":
-            array = array.astype(int_dtype, copy=False)
+            want = np.dtype(np.int64) if key in wide else target
+        if want is not None and array.dtype != want:
+            if array.size and not np.can_cast(array.dtype, want):
+                _check_fits(key, array, want)
+            array = array.astype(want)
         out[key] = np.ascontiguousarray(array)
     return out

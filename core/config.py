@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ import yaml
 
 from laden.errors import ConfigError
 from laden.kinds import KINDS
-from laden.serde import config_of
+from laden.serde import combine_problems, config_of
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -81,7 +82,8 @@ class RunConfig:
                 try:
                     strategies[key] = kernel.create(key, value, path=(key,))
                 except ConfigError as exc:
-                    raise exc.within(source=source) from None
+                    problems = getattr(exc, "problems", None) or [exc]
+                    raise combine_problems([p.within(source=source) for p in problems]) from None
             elif key in SETTINGS:
                 want = SETTINGS[key]
                 if isinstance(value, bool) or not isinstance(value, want):
@@ -90,9 +92,12 @@ class RunConfig:
                     )
                 settings[key] = value
             else:
-                known = ", ".join([*KINDS, *SETTINGS])
+                names = [*KINDS, *SETTINGS]
+                close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(
-                    f"unknown section or setting {key!r}; known: {known}", source=source
+                    f"unknown section or setting {key!r}{hint}; known: {', '.join(names)}",
+                    source=source,
                 )
         if settings.get("epochs", 1) < 1:
             raise ConfigError(

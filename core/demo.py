@@ -17,11 +17,21 @@ import attrs
 import click
 import numpy as np
 
-from laden.io import atomic_open
+from laden.io import atomic_open, prepare_output, write_json
 from laden.kernel import Kernel
 from laden.progress import Progress
 
-__all__ = ["demo_command", "split_definitions", "stdlib_files", "write_stdlib_dataset"]
+__all__ = [
+    "MARKER",
+    "claim_output",
+    "demo_command",
+    "split_definitions",
+    "stdlib_files",
+    "write_stdlib_dataset",
+]
+
+#: The file that marks a folder as the demo's own: only such a folder is rewritten.
+MARKER = ".laden-demo"
 
 # A top-level definition starts at column 0; the decorators right above belong to it.
 _TOP_LEVEL = re.compile(r"^(?:@[^\n]*\n)*(?:async def |def |class )", re.MULTILINE)
@@ -68,6 +78,15 @@ def write_stdlib_dataset(
     return path, rows
 
 
+def claim_output(output: Path) -> Path:
+    """Make ``output`` the demo's folder: it must be new, empty or a previous demo's
+    (marked by :data:`MARKER`); anything else is a ConfigError, and left untouched."""
+    prepare_output(output, "laden.demo", force=True, option="--output")
+    output.mkdir(parents=True, exist_ok=True)
+    write_json(output / MARKER, {"kind": "laden.demo"})
+    return output
+
+
 def _section(title: str) -> None:
     click.echo(f"\n== {title}")
 
@@ -81,12 +100,16 @@ def _section(title: str) -> None:
     help="Where the demo writes its dataset, length cache and report.",
 )
 @click.option("--workers", type=int, default=None, help="Worker processes (default: CPUs).")
-@click.option("--token-budget", type=int, default=16384, show_default=True)
-@click.option("--num-buckets", type=int, default=4, show_default=True)
+@click.option("--token-budget", type=click.IntRange(min=1), default=16384, show_default=True)
+@click.option("--num-buckets", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option(
-    "--pack-length", type=int, default=4096, show_default=True, help="Tokens per packed row."
+    "--pack-length",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Tokens per packed row.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.pass_context
 def demo_command(
     ctx: click.Context,
@@ -113,7 +136,6 @@ def demo_command(
         suggest_report,
     )
     from laden.collate import BatchLayout
-    from laden.io import write_json
     from laden.lengths import build_lengths
     from laden.plan import BatchPlan
     from laden.samples import SourceSamples
@@ -121,6 +143,7 @@ def demo_command(
     kernel = ctx.find_object(Kernel)
     assert kernel is not None
     started = time.perf_counter()
+    claim_output(output)
     dataset, rows = write_stdlib_dataset(output, kernel, workers=workers)
     click.echo(f"dataset: {rows:,} samples (top-level definitions of the stdlib) -> {dataset}")
 

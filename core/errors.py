@@ -17,6 +17,7 @@ __all__ = [
     "PluginLoadError",
     "RegistryError",
     "UnknownStrategyError",
+    "add_note",
 ]
 
 
@@ -113,3 +114,11 @@ def format_path(path: Sequence[str | int]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` on every Python (3.10 has no add_note; ``__notes__`` is the same).
+
+    laden notes what can be resumed on a KeyboardInterrupt; the CLI prints the notes.
+    """
+    exc.__dict__.setdefault("__notes__", []).append(note)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,19 +17,46 @@ from typing import Any, BinaryIO
 import numpy as np
 import zstandard
 
-from laden.errors import DataError
+from laden.errors import ConfigError, DataError, LadenError
 
 __all__ = [
+    "ARTIFACT_KINDS",
+    "artifact_kind",
     "atomic_directory",
     "atomic_open",
     "atomic_write_bytes",
     "file_digest",
     "plain_json",
+    "prepare_output",
+    "prepare_output_file",
     "read_array",
     "read_json",
+    "remove_artifact",
     "write_array",
     "write_json",
 ]
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the platform allows.
+
+    Linux shows it in ``/proc/self/status``; elsewhere it is set and restored
+    under a lock (``os.umask`` has no read-only form).
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        pass
+    with _UMASK_LOCK:  # pragma: no cover - not Linux
+        old = os.umask(0o077)
+        os.umask(old)
+    return old  # pragma: no cover
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,17 +79,32 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     temporary file is removed (or left for a resume to sweep).
     """
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # name the file asked for, not a temporary name
+        raise _naming(exc, target) from exc
+    try:
+        # mkstemp makes 0600; a file laden writes is as readable as any other (0644 under 022).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None and not isinstance(exc, LadenError):
+            raise _naming(exc, target) from exc  # a full disk: say which file
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same OS error (same errno and subclass), naming ``path``."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -70,17 +114,27 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_directory(
+    path: str | os.PathLike[str], *, kind: str | None = None, force: bool = True
+) -> Iterator[Path]:
     """Fill a temporary directory; on success it replaces ``path`` in one rename.
 
-    If the block fails, ``path`` keeps whatever it held before.
+    If the block fails, ``path`` keeps whatever it held before. With ``kind``,
+    ``path`` is checked by :func:`prepare_output` first (and again just before
+    the swap): only a missing or empty directory, or (with ``force``) an
+    artifact of the same kind, is ever replaced.
     """
-    target = Path(path)
+    target = Path(os.path.abspath(path))
+    if kind is not None:
+        prepare_output(target, kind, force=force)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield tmp
         _fsync_dir(tmp)
+        if kind is not None:  # something else may have appeared there meanwhile
+            prepare_output(target, kind, force=True)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
@@ -89,9 +143,199 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         else:
             os.replace(tmp, target)
         _fsync_dir(target.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        inside = exc.filename if isinstance(exc.filename, str | Path) else None
+        if (
+            inside is not None
+            and Path(inside).is_relative_to(tmp)
+            and not isinstance(exc, LadenError)
+        ):  # a full disk: name the file in the directory asked for, not in the temporary
+            raise _naming(exc, target / Path(inside).relative_to(tmp)) from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ---------------------------------------------------------------- outputs
+
+#: What each kind of output directory laden writes is called in messages.
+ARTIFACT_KINDS = {
+    "laden.lengths": "length cache",
+    "laden.plan": "batch plan",
+    "laden.batches": "batch file directory",
+    "laden.shards": "directory of rank-R plan shards",
+    "laden.demo": "laden demo output",
+}
+_RANK_DIR = re.compile(r"^rank-\d+$")
+
+
+def _kind_of_meta(directory: Path) -> str | None:
+    """The kind recorded in (or, for artifacts older than the ``kind`` field,
+    recognised by the keys of) a directory's meta file; None when it is none."""
+    for name in ("meta.json", "manifest.json", ".laden-demo"):
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict):
+            return None
+        kind = meta.get("kind")
+        if isinstance(kind, str) and kind in ARTIFACT_KINDS:
+            return kind
+        if name == "meta.json" and {"columns", "table_digest", "format_version"} <= meta.keys():
+            return "laden.lengths"
+        if name == "meta.json" and {"fingerprint", "epochs", "table_digest"} <= meta.keys():
+            return "laden.plan"
+        if name == "manifest.json" and "files" in meta and "fingerprint" in meta:
+            return "laden.batches"
+        return None
+    return None
+
+
+def artifact_kind(path: str | os.PathLike[str]) -> str | None:
+    """What laden artifact the directory ``path`` is (a key of :data:`ARTIFACT_KINDS`), or None.
+
+    A directory holding nothing but ``rank-R`` plans (and laden's own
+    temporaries) is ``laden.shards``.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    kind = _kind_of_meta(root)
+    if kind is not None:
+        return kind
+    if (root / "stdlib.jsonl").is_file() and _kind_of_meta(root / "lengths") == "laden.lengths":
+        return "laden.demo"  # written by a demo from before its marker file
+    entries = list(root.iterdir())
+    ranks = [e for e in entries if _RANK_DIR.match(e.name)]
+    ours = all(
+        _RANK_DIR.match(e.name) or (e.name.startswith(".rank-") and e.name.endswith(".tmp"))
+        for e in entries
+    )
+    if ranks and ours and all(_kind_of_meta(r) == "laden.plan" for r in ranks):
+        return "laden.shards"
+    return None
+
+
+def _describe(root: Path, found: str | None) -> str:
+    if found is not None:
+        return f"a {ARTIFACT_KINDS[found]}"
+    entries = sorted(e.name for e in root.iterdir())
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    return f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} laden did not write ({shown})"
+
+
+def _strangers(batches: Path) -> list[str]:
+    """Entries of a batch file directory that its manifest does not list."""
+    try:
+        listed = json.loads((batches / "manifest.json").read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return sorted(
+        e.name
+        for e in batches.iterdir()
+        if e.name != "manifest.json" and not e.name.startswith(".") and e.name not in listed
+    )
+
+
+def prepare_output(
+    path: str | os.PathLike[str], kind: str, *, force: bool = False, option: str = "output"
+) -> Path:
+    """Check that ``path`` may become an output directory of ``kind``; returns it.
+
+    Allowed: a path that does not exist, an empty directory, or (only with
+    ``force``) a directory laden wrote as an artifact of the same kind,
+    recognised by its meta file. Anything else (a file, a folder with other
+    things in it, an artifact of another kind) is a ConfigError naming the path
+    and what is there: laden never deletes what it did not write.
+
+    :param option: the option the path came from, named in the error.
+    """
+    if kind not in ARTIFACT_KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}")
+    target = Path(path)
+    noun = ARTIFACT_KINDS[kind]
+    if not target.exists() and not target.is_symlink():
+        return target
+    if not target.is_dir():
+        raise ConfigError(
+            f"{target} is a file, not a {noun}; laden will not replace it, choose another path",
+            path=(option,),
+        )
+    try:
+        empty = not any(target.iterdir())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {target}: {exc.strerror}", path=(option,)) from None
+    if empty:
+        return target
+    found = artifact_kind(target)
+    if found == kind:
+        strangers = _strangers(target) if kind == "laden.batches" else []
+        if strangers:
+            shown = ", ".join(strangers[:3]) + (", ..." if len(strangers) > 3 else "")
+            raise ConfigError(
+                f"{target} holds batch files and {len(strangers)} file(s) laden did not write "
+                f"({shown}); move them away or choose another directory",
+                path=(option,),
+            )
+        if force:
+            return target
+        raise ConfigError(
+            f"{target} already holds a {noun}; pass --force to replace it", path=(option,)
+        )
+    raise ConfigError(
+        f"{target} holds {_describe(target, found)}, not a {noun}; laden replaces only "
+        f"a {noun} it wrote, so choose a new or empty directory",
+        path=(option,),
+    )
+
+
+def remove_artifact(path: str | os.PathLike[str], kind: str) -> bool:
+    """Delete the directory ``path`` if it is a laden artifact of ``kind``; True if it was.
+
+    Anything else is left alone: this is how laden clears only what it wrote
+    (e.g. the ``rank-R`` plans of a larger world size).
+    """
+    target = Path(path)
+    if target.is_symlink() or artifact_kind(target) != kind:
+        return False
+    if kind != "laden.batches":
+        shutil.rmtree(target)
+        return True
+    # Batch files are written into the folder itself: remove only what the manifest
+    # lists (and laden's temporaries), so a file someone put beside them stays.
+    manifest = target / "manifest.json"
+    names = json.loads(manifest.read_text(encoding="utf-8")).get("files") or {}
+    for name in names:
+        if isinstance(name, str) and name == Path(name).name and not name.startswith("."):
+            (target / name).unlink(missing_ok=True)
+    for stale in target.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    manifest.unlink()
+    if not any(target.iterdir()):
+        target.rmdir()
+    return True
+
+
+def prepare_output_file(
+    path: str | os.PathLike[str], *, force: bool = False, option: str = "output"
+) -> Path:
+    """Check that the single file ``path`` may be written: its folder exists, and an
+    existing file there is replaced only with ``force`` (a directory never)."""
+    target = Path(path)
+    folder = target.parent
+    if not folder.is_dir():
+        raise ConfigError(f"folder {folder} does not exist; create it first", path=(option,))
+    if target.is_dir():
+        raise ConfigError(f"{target} is a directory, not a file", path=(option,))
+    if target.exists() and not force:
+        raise ConfigError(f"{target} already exists; pass --force to overwrite it", path=(option,))
+    return target
 
 
 def file_digest(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:

@@ -2,33 +2,55 @@
 
 A length cache is a directory::
 
-    meta.json        format_version, dataset digest, tokenizer hash, counts, columns
+    meta.json        kind ("laden.lengths"), format_version, the dataset's absolute
+                     path and digest, tokenizer hash and settings, counts, columns
     length.zst       int64 token counts (zstd)
     offset.zst       int64 byte offsets into the dataset
     key.zst          int64 bucket keys (optional)
     ids.zst          int64 ids, or ids_blob.zst + ids_offsets.zst for string ids
 
-It is written atomically: a crash leaves the previous cache (or none).
+It is written atomically: a crash leaves the previous cache (or none). Only a
+missing or empty directory, or a previous length cache, is ever replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import attrs
 import numpy as np
 
-from laden.errors import DataError
-from laden.io import atomic_directory, file_digest, read_array, read_json, write_array, write_json
+from laden.errors import ConfigError, DataError, add_note
+from laden.io import (
+    ARTIFACT_KINDS,
+    artifact_kind,
+    atomic_directory,
+    atomic_open,
+    file_digest,
+    plain_json,
+    prepare_output,
+    read_array,
+    read_json,
+    write_array,
+    write_json,
+)
 from laden.progress import Progress
 from laden.records import LengthTable, offsets_from_sizes
 
-__all__ = ["FORMAT_VERSION", "build_lengths", "load_lengths", "save_lengths"]
+__all__ = ["FORMAT_VERSION", "KIND", "build_lengths", "load_lengths", "save_lengths"]
 
 FORMAT_VERSION = 1
+#: The ``kind`` in a length cache's meta.json.
+KIND = "laden.lengths"
+#: Meta keys that describe one loaded copy, not the cache: never saved.
+_TRANSIENT = ("cache_path", "reused", "kind")
 
 
 def _encode_ids(ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -47,8 +69,14 @@ def _decode_ids(blob: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.array([data[a:b].decode("utf-8") for a, b in itertools.pairwise(bounds)])
 
 
-def save_lengths(table: LengthTable, directory: str | os.PathLike[str]) -> Path:
-    """Write ``table`` as a length cache directory (atomically); returns its path."""
+def save_lengths(
+    table: LengthTable, directory: str | os.PathLike[str], *, overwrite: bool = True
+) -> Path:
+    """Write ``table`` as a length cache directory (atomically); returns its path.
+
+    ``directory`` must be new, empty, or (with ``overwrite``) a length cache:
+    anything else is a ConfigError and is left untouched.
+    """
     target = Path(directory)
     columns: dict[str, np.ndarray] = {"length": table.length}
     if table.offset is not None:
@@ -57,10 +85,11 @@ def save_lengths(table: LengthTable, directory: str | os.PathLike[str]) -> Path:
         columns["key"] = table.key
     if table.ids is not None:
         columns.update(_encode_ids(table.ids))
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target, kind=KIND, force=overwrite) as tmp:
         infos = {name: write_array(tmp, name, array) for name, array in columns.items()}
         meta = {
-            **dict(table.meta),
+            **{k: v for k, v in table.meta.items() if k not in _TRANSIENT},
+            "kind": KIND,
             "format_version": FORMAT_VERSION,
             "num_samples": len(table),
             "num_tokens": table.num_tokens,
@@ -76,7 +105,10 @@ def load_lengths(directory: str | os.PathLike[str]) -> LengthTable:
     root = Path(directory)
     if not root.is_dir():
         raise DataError("not a length cache directory", file=str(root))
+    _require_kind(root, KIND)
     meta = read_json(root / "meta.json")
+    if not isinstance(meta, dict) or "columns" not in meta:
+        raise DataError("is not a length cache (no columns)", file=str(root / "meta.json"))
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise DataError(
@@ -84,6 +116,8 @@ def load_lengths(directory: str | os.PathLike[str]) -> LengthTable:
             file=str(root / "meta.json"),
         )
     infos = meta.pop("columns")
+    meta.pop("kind", None)
+    meta["cache_path"] = os.path.abspath(root)  # where this copy was read: plans record it
     arrays = {name: read_array(root, info) for name, info in infos.items()}
     ids = arrays.get("ids")
     if "ids_blob" in arrays:
@@ -100,9 +134,221 @@ def load_lengths(directory: str | os.PathLike[str]) -> LengthTable:
     return table
 
 
-def _measure(task: tuple[Any, Any, int, int]) -> Any:
-    source, tokenizer, start, end = task
-    return source.measure(start, end, tokenizer)
+def _require_kind(root: Path, kind: str) -> None:
+    """A DataError unless ``root`` may be an artifact of ``kind``: says what it is instead."""
+    found = artifact_kind(root)
+    if found is not None and found != kind:
+        hint = "; pass one of its rank-R folders" if found == "laden.shards" else ""
+        raise DataError(
+            f"is a {ARTIFACT_KINDS[found]}, not a {ARTIFACT_KINDS[kind]}{hint}", file=str(root)
+        )
+    if found is None and not (root / "meta.json").exists():
+        raise DataError(f"missing file: not a {ARTIFACT_KINDS[kind]}", file=str(root / "meta.json"))
+
+
+def _measure(task: tuple[Any, Any, int, int, str | None]) -> Any:
+    """Worker: measure one byte range, and keep the result in the work directory."""
+    source, tokenizer, start, end, workdir = task
+    part = source.measure(start, end, tokenizer)
+    if workdir is not None:
+        _save_chunk(Path(workdir), start, end, part)
+    return part
+
+
+# --------------------------------------------------------- resumable measuring
+#
+# Each measured byte range is kept as an .npz (numeric and byte arrays only,
+# read back with allow_pickle=False) in ``.NAME.partial`` beside the output,
+# so a build stopped by Ctrl-C, a crash or kill -9 measures only the ranges
+# still missing when run again. The directory holds ``partial.json`` naming
+# what was measured (dataset digest, tokenizer hash, source settings); work
+# for anything else is discarded. It is removed once the cache is saved.
+
+#: Inline (no worker processes) below this size unless workers are asked for:
+#: a pool takes longer to start than such a file takes to measure.
+INLINE_BYTES = 4 << 20
+#: Files at least this big show a bar while their digest is computed.
+_HASH_BAR_BYTES = 256 << 20
+_PARTIAL_KIND = "laden.lengths.partial"
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class _SavedChunk:
+    """A measured byte range read back from the work directory (the fields build_lengths uses)."""
+
+    start: int
+    lines: int
+    length: np.ndarray
+    offset: np.ndarray
+    line: np.ndarray
+    key: np.ndarray | None
+    ids: list[Any] | None
+    has_id: np.ndarray
+    errors: list[tuple[int, str]]
+    blank: int
+
+
+def _pack_strings(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    encoded = [v.encode("utf-8", "surrogatepass") for v in values]
+    sizes = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets_from_sizes(sizes)
+
+
+def _unpack_strings(blob: np.ndarray, offsets: np.ndarray) -> list[str]:
+    data = blob.tobytes()
+    return [
+        data[a:b].decode("utf-8", "surrogatepass") for a, b in itertools.pairwise(offsets.tolist())
+    ]
+
+
+def _chunk_name(start: int, end: int) -> str:
+    return f"chunk-{start:015d}-{end:015d}.npz"
+
+
+#: ``np.savez`` with plain numeric arrays only (its ``allow_pickle`` keyword exists
+#: from numpy 2.1 on; typed loosely so ``**arrays`` checks on every numpy).
+_savez: Any = np.savez
+
+
+def _save_chunk(workdir: Path, start: int, end: int, part: Any) -> None:
+    """Keep one measured range (best effort: a failure only means measuring it again)."""
+    arrays: dict[str, np.ndarray] = {
+        "counts": np.asarray([part.start, part.lines, part.blank], dtype=np.int64),
+        "length": np.asarray(part.length, dtype=np.int64),
+        "offset": np.asarray(part.offset, dtype=np.int64),
+        "line": np.asarray(part.line, dtype=np.int64),
+        "has_id": np.asarray(part.has_id, dtype=bool),
+        "error_line": np.asarray([line for line, _ in part.errors], dtype=np.int64),
+    }
+    arrays["error_blob"], arrays["error_offsets"] = _pack_strings([r for _, r in part.errors])
+    if part.key is not None:
+        arrays["key"] = np.asarray(part.key, dtype=np.int64)
+    if part.ids is not None:
+        # 0: no id, 1: an integer (of any size), 2: a string; kept as text, typed back.
+        arrays["id_kind"] = np.asarray(
+            [0 if v is None else 1 if isinstance(v, int) else 2 for v in part.ids], dtype=np.uint8
+        )
+        arrays["id_blob"], arrays["id_offsets"] = _pack_strings(
+            ["" if v is None else str(v) for v in part.ids]
+        )
+    try:
+        with atomic_open(workdir / _chunk_name(start, end)) as f:
+            _savez(f, **arrays)
+    except OSError:
+        pass
+
+
+def _load_chunk(workdir: Path, start: int, end: int) -> _SavedChunk | None:
+    """A kept range, or None when it is missing or unreadable (then it is measured again)."""
+    path = workdir / _chunk_name(start, end)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            a = {name: npz[name] for name in npz.files}
+        first, lines, blank = (int(v) for v in a["counts"])
+        n = a["length"].size
+        if first != start or not all(a[k].size == n for k in ("offset", "line", "has_id")):
+            raise ValueError("inconsistent columns")
+        ids = None
+        if "id_kind" in a:
+            kinds = a["id_kind"].tolist()
+            texts = _unpack_strings(a["id_blob"], a["id_offsets"])
+            ids = [
+                None if k == 0 else int(t) if k == 1 else t
+                for k, t in zip(kinds, texts, strict=True)
+            ]
+        reasons = _unpack_strings(a["error_blob"], a["error_offsets"])
+        return _SavedChunk(
+            start=first,
+            lines=lines,
+            length=a["length"],
+            offset=a["offset"],
+            line=a["line"],
+            key=a.get("key"),
+            ids=ids,
+            has_id=a["has_id"].astype(bool),
+            errors=list(zip(a["error_line"].tolist(), reasons, strict=True)),
+            blank=blank,
+        )
+    except Exception:  # damaged or from another laden: measure it again
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _partial_dir(output: str | os.PathLike[str]) -> Path:
+    target = Path(os.path.abspath(output))
+    return target.parent / f".{target.name}.partial"
+
+
+def _open_partial(output: str | os.PathLike[str], key: dict[str, Any], *, keep: bool) -> Path:
+    """The work directory for ``key`` beside ``output``: kept work if it matches, else empty.
+
+    A directory of that name that laden did not make is a ConfigError, never emptied.
+    """
+    workdir = _partial_dir(output)
+    marker = {"kind": _PARTIAL_KIND, "key": key}
+    if workdir.exists():
+        try:
+            found = read_json(workdir / "partial.json")
+        except DataError:
+            found = None
+        if not isinstance(found, dict) or found.get("kind") != _PARTIAL_KIND:
+            raise ConfigError(
+                f"{workdir} exists and is not laden's work directory; move it away",
+                path=("output",),
+            )
+        if keep and found == plain_json(marker):
+            return workdir
+        for stale in workdir.glob("chunk-*.npz"):
+            stale.unlink(missing_ok=True)
+        write_json(workdir / "partial.json", plain_json(marker))
+        return workdir
+    workdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{workdir.name}.", suffix=".tmp", dir=workdir.parent))
+    try:
+        write_json(tmp / "partial.json", plain_json(marker))
+        os.replace(tmp, workdir)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not workdir.is_dir():  # not a lost race with another build
+            raise
+    return workdir
+
+
+def _remove_partial(workdir: Path) -> None:
+    """Remove the work directory (only the files laden put there)."""
+    for path in workdir.glob("chunk-*.npz"):
+        path.unlink(missing_ok=True)
+    for path in workdir.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+    (workdir / "partial.json").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # something else is in it: leave it
+        workdir.rmdir()
+
+
+def _digest(path: str, progress: bool | None) -> str:
+    """The dataset's digest, with a transient bar for a big file."""
+    size = os.path.getsize(path)
+    if size < _HASH_BAR_BYTES:
+        return file_digest(path)
+    h = hashlib.blake2b(digest_size=16)
+    with (
+        Progress(size, "hashing", enabled=progress, unit="bytes", leave=False) as bar,
+        open(path, "rb") as f,
+    ):
+        while block := f.read(8 << 20):
+            h.update(block)
+            bar.update(len(block))
+    return h.hexdigest()
+
+
+def _absolute(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings with a ``path`` to an existing file made absolute (usable from any directory)."""
+    path = settings.get("path")
+    if isinstance(path, str) and os.path.exists(path):
+        settings["path"] = os.path.abspath(path)
+    return settings
 
 
 def _source_settings(source: Any) -> dict[str, Any]:
@@ -110,13 +356,34 @@ def _source_settings(source: Any) -> dict[str, Any]:
 
     settings = config_of(source)
     settings.pop("chunk_bytes", None)  # how it is read, not what it holds
-    return settings
+    return _absolute(settings)
 
 
 def _tokenizer_settings(tokenizer: Any) -> dict[str, Any]:
     from laden.serde import config_of
 
-    return config_of(tokenizer)
+    return _absolute(config_of(tokenizer))
+
+
+def _same_cache(cached: LengthTable, identity: dict[str, Any]) -> bool:
+    """Whether a cache measured the same bytes at the same place with the same settings.
+
+    Paths are compared resolved, so ``data.jsonl``, ``./data.jsonl`` and the
+    absolute path reuse one cache (older caches stored the path as spelled).
+    """
+    meta = cached.meta
+    if meta.get("dataset_digest") != identity["dataset_digest"]:
+        return False
+    if meta.get("tokenizer_hash") != identity["tokenizer_hash"]:
+        return False
+    recorded = meta.get("dataset")
+    if not isinstance(recorded, str):
+        return False
+    if os.path.realpath(recorded) != os.path.realpath(identity["dataset"]):
+        return False
+    mine = {k: v for k, v in identity["source"].items() if k != "path"}
+    theirs = {k: v for k, v in (meta.get("source") or {}).items() if k != "path"}
+    return mine == theirs
 
 
 def build_lengths(
@@ -127,13 +394,21 @@ def build_lengths(
     executor: Any = None,
     reuse: bool = True,
     progress: bool | None = None,
+    overwrite: bool = True,
 ) -> LengthTable:
     """Measure every row of ``source`` with ``tokenizer`` into a :class:`LengthTable`.
 
     Work is split into byte ranges and run on ``executor`` (default: ``local``
     with one worker per CPU). With ``output``, the table is saved there, and a
     rerun whose dataset digest, tokenizer hash and source settings match reuses
-    it without measuring again (``table.meta["reused"]`` says so).
+    it without measuring again (``table.meta["reused"]`` says so). Paths are
+    recorded absolute (the dataset's, a tokenizer file's, with digests), so the
+    cache is usable from any directory. ``output`` must be new, empty or a
+    length cache; a cache that does not match is replaced only with
+    ``overwrite`` (the CLI's ``--force``), anything else never. Until the cache
+    is saved, each measured byte range is kept in ``.NAME.partial`` beside
+    ``output``, so a build stopped by Ctrl-C, a crash or ``kill -9`` measures
+    only the ranges still missing when run again (``reuse=False`` starts over).
 
     Malformed rows stop the build with a DataError naming file and line, or,
     with the source's ``on_error = "skip"``, are left out and counted in
@@ -141,49 +416,86 @@ def build_lengths(
     """
     from laden.kernel import default_kernel
 
-    dataset_digest = file_digest(source.path)
-    identity = {
+    dataset_digest = _digest(source.path, progress)
+    tokenizer_config = _tokenizer_settings(tokenizer)
+    identity: dict[str, Any] = {
         "dataset": os.path.abspath(source.path),
         "dataset_digest": dataset_digest,
         "dataset_bytes": os.path.getsize(source.path),
         "tokenizer": type(tokenizer).name,
         "tokenizer_hash": tokenizer.fingerprint(),
-        "tokenizer_config": _tokenizer_settings(tokenizer),
+        "tokenizer_config": tokenizer_config,
         "source": _source_settings(source),
     }
+    tokenizer_path = tokenizer_config.get("path")
+    if isinstance(tokenizer_path, str) and os.path.isfile(tokenizer_path):
+        identity["tokenizer_file"] = {"path": tokenizer_path, "digest": file_digest(tokenizer_path)}
     if output is not None and reuse and (Path(output) / "meta.json").exists():
         try:
             cached = load_lengths(output)
         except DataError:
             cached = None  # damaged: measure again and overwrite
-        same = ("dataset_digest", "tokenizer_hash", "source")
-        if cached is not None and all(cached.meta.get(k) == identity[k] for k in same):
+        if cached is not None and _same_cache(cached, identity):
             return attrs.evolve(cached, meta={**cached.meta, "reused": True})
+    if output is not None:  # refuse before measuring, not after
+        prepare_output(output, KIND, force=overwrite)
     if executor is None:
         executor = default_kernel().create("executor", "local")
     chunks = source.chunks()
-    if len(chunks) <= 1 and hasattr(executor, "workers"):
-        executor = attrs.evolve(executor, workers=0)  # no pool start-up for one range
-    tasks = [(source, tokenizer, start, end) for start, end in chunks]
+    small = identity["dataset_bytes"] < INLINE_BYTES and getattr(executor, "workers", 0) is None
+    if (len(chunks) <= 1 or small) and hasattr(executor, "workers"):
+        executor = attrs.evolve(executor, workers=0)  # no pool start-up for little work
+    workdir = None
+    saved: dict[tuple[int, int], Any] = {}
+    if output is not None:
+        key = {
+            "dataset_digest": dataset_digest,
+            "tokenizer_hash": identity["tokenizer_hash"],
+            "source": {k: v for k, v in identity["source"].items() if k != "path"},
+        }
+        workdir = _open_partial(output, key, keep=reuse)
+        for start, end in chunks:
+            part = _load_chunk(workdir, start, end)
+            if part is not None:
+                saved[start, end] = part
+    where = None if workdir is None else str(workdir)
+    tasks = [(source, tokenizer, a, b, where) for a, b in chunks if (a, b) not in saved]
     parts = []
     line_base = 0
     skipped_lines: list[int] = []
     skipped = blank = 0
     bar = Progress(identity["dataset_bytes"], "measuring", enabled=progress, unit="bytes")
-    with bar:
-        results = executor.map(_measure, tasks, total=len(tasks))
-        for (start, end), part in zip(chunks, results, strict=True):
-            bar.update(end - start)
-            if part.errors:
-                if source.on_error == "error":
-                    line, reason = part.errors[0]
-                    raise DataError(reason, file=source.path, line=line_base + line + 1)
-                skipped += len(part.errors)
-                skipped_lines += [line_base + line + 1 for line, _ in part.errors][:100]
-            blank += part.blank
-            parts.append((part, line_base))
-            line_base += part.lines
-    table = _assemble(source, parts)
+    results = executor.map(_measure, tasks, total=len(tasks))
+    try:
+        with bar, contextlib.closing(results):
+            bar.update(sum(b - a for a, b in saved))
+            for start, end in chunks:
+                part = saved.get((start, end))
+                if part is None:
+                    part = next(results)
+                    bar.update(end - start)
+                if part.errors:
+                    if source.on_error == "error":
+                        line, reason = part.errors[0]
+                        raise DataError(reason, file=source.path, line=line_base + line + 1)
+                    skipped += len(part.errors)
+                    skipped_lines += [line_base + line + 1 for line, _ in part.errors][:100]
+                blank += part.blank
+                parts.append((part, line_base))
+                line_base += part.lines
+        table = _assemble(source, parts)
+    except DataError:
+        if workdir is not None:
+            _remove_partial(workdir)  # the dataset must change: nothing to resume
+        raise
+    except KeyboardInterrupt as exc:
+        if workdir is not None:
+            add_note(
+                exc,
+                f"what was measured is kept in {workdir}; "
+                "run the same command again to continue from there",
+            )
+        raise
     meta = {
         **identity,
         "num_lines": line_base,
@@ -193,7 +505,10 @@ def build_lengths(
     }
     table = attrs.evolve(table, meta=meta)
     if output is not None:
-        save_lengths(table, output)
+        save_lengths(table, output, overwrite=overwrite)
+        if workdir is not None:
+            _remove_partial(workdir)
+        table = attrs.evolve(table, meta={**meta, "cache_path": os.path.abspath(output)})
     return table
 
 

@@ -45,10 +45,12 @@ if TYPE_CHECKING:
     from laden.config import RunConfig
     from laden.kernel import Kernel
 
-__all__ = ["FORMAT_VERSION", "BatchPlan", "PlanCheck"]
+__all__ = ["FORMAT_VERSION", "KIND", "BatchPlan", "PlanCheck"]
 
 #: Version of the on-disk layout; a newer one is refused, older ones are read.
 FORMAT_VERSION = 1
+#: The ``kind`` in a saved plan's meta.json.
+KIND = "laden.plan"
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -101,6 +103,9 @@ class BatchPlan:
     world_size: int = 1
     padding: tuple[np.ndarray, ...] = ()
     shard_report: Mapping[str, Any] = attrs.field(factory=dict)
+    #: Where the inputs were (absolute paths and digests of the length cache and
+    #: dataset), so ``laden write`` finds them; not part of the fingerprint.
+    inputs: Mapping[str, Any] = attrs.field(factory=dict)
     fingerprint: str = ""
     _cursor: tuple[int, int] = (0, 0)
 
@@ -131,6 +136,13 @@ class BatchPlan:
         pack = packer.pack(table) if packer is not None else None
         units = pack.to_length_table() if pack is not None else table
         plans = tuple(_plan_epochs(sampler, units, epochs, seed))
+        batch_tokens = tuple(_batch_tokens(p, units.length) for p in plans)
+        # What each epoch leaves out or cuts, counted in samples and tokens, goes into the
+        # epoch's report (saved with the plan, outside the fingerprint).
+        plans = tuple(
+            attrs.evolve(p, report={**p.report, "losses": _losses(p, t, table, units, pack)})
+            for p, t in zip(plans, batch_tokens, strict=True)
+        )
         plan = cls(
             config={
                 "sampler": config_of(sampler),
@@ -142,8 +154,9 @@ class BatchPlan:
             num_samples=len(table),
             num_units=len(units),
             epochs=plans,
-            batch_tokens=tuple(_batch_tokens(p, units.length) for p in plans),
+            batch_tokens=batch_tokens,
             pack=pack,
+            inputs=_inputs_of(table),
         )
         if kernel is not None:
             kernel.hook.laden_plan_built(plan=plan, kernel=kernel)
@@ -194,9 +207,57 @@ class BatchPlan:
         """Tokens with padding per epoch: sum of batch size x max_length."""
         return [e.padded_tokens() for e in self.epochs]
 
+    def losses(self) -> dict[str, Any]:
+        """What the overflow policies left out or cut, per epoch (of the whole plan).
+
+        ``dropped_*`` counts samples (segments, when packed) that are in no
+        batch, ``truncated_*`` samples that lost tokens and the tokens lost;
+        ``split_samples`` were cut into pieces with every token kept;
+        ``over_budget_batches`` hold one sample longer than the budget alone.
+        Counts a plan saved before laden recorded them cannot tell are ``None``.
+        """
+        out: dict[str, Any] = {key: [] for key in (*_LOSS_KEYS, "over_budget_batches")}
+        for e in self.epochs:
+            recorded = e.report.get("losses")
+            if isinstance(recorded, Mapping):
+                counts = {k: recorded.get(k) for k in _LOSS_KEYS}
+            else:  # an older plan: what its arrays still tell
+                counts = _losses_without_table(e, self.pack)
+            for key in _LOSS_KEYS:
+                value = counts[key]
+                out[key].append(None if value is None else int(value))
+            out["over_budget_batches"].append(int(e.report.get("alone", 0) or 0))
+        pack_report = self.pack.report if self.pack is not None else {}
+        out["split_samples"] = int(pack_report.get("split_samples", 0) or 0)
+        sampler = self.config.get("sampler") or {}
+        packer = self.config.get("packer") or {}
+        out["overflow"] = {"sampler": sampler.get("overflow"), "packer": packer.get("overflow")}
+        return out
+
+    def warnings(self) -> list[str]:
+        """Problems of this plan or shard a user should hear about, in plain words."""
+        out = []
+        if self.world_size > 1:
+            where = f"rank {self.rank} of {self.world_size}"
+            only = sum(1 for p in self.padding if p.size and bool(p.all()))
+            if only:
+                out.append(
+                    f"{where} holds only padding batches in {only} of {self.num_epochs} "
+                    "epoch(s) (more ranks than batches): it trains on nothing there"
+                )
+            empty = sum(1 for e in self.epochs if not len(e))
+            if empty and any(self.shard_report.get("dropped_batches") or ()):
+                out.append(
+                    f"{where} holds no batches in {empty} of {self.num_epochs} epoch(s): "
+                    "remainder 'drop' dropped them all (more ranks than batches)"
+                )
+        return out
+
     def summary(self) -> dict[str, Any]:
-        """Plain data for ``laden plan info``."""
+        """Plain data for ``laden plan info``: counts, what was dropped or cut, warnings."""
         return {
+            **self.losses(),
+            "warnings": self.warnings(),
             "fingerprint": self.fingerprint,
             "epochs": self.num_epochs,
             "steps": self.steps,
@@ -212,6 +273,7 @@ class BatchPlan:
             "shard_report": dict(self.shard_report),
             "config": dict(self.config),
             "table_digest": self.table_digest,
+            "inputs": dict(self.inputs),
         }
 
     def _identity(self) -> dict[str, Any]:
@@ -284,17 +346,23 @@ class BatchPlan:
         cheapest, counted in ``shard_report``.
         """
         if self.world_size != 1:
-            raise ValueError("this plan is already a shard; shard the full plan")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+            raise ConfigError(
+                f"this plan is already a shard (rank {self.rank} of {self.world_size}); "
+                "shard the full plan"
+            )
+        if world_size < 1:
+            raise ConfigError(f"must be >= 1, got {world_size}", path=("world_size",))
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"{rank} is not in 0..{world_size - 1}", path=("rank",))
         if remainder not in ("pad", "drop"):
-            raise ValueError(f"remainder must be 'pad' or 'drop', got {remainder!r}")
+            raise ConfigError(f"must be 'pad' or 'drop', got {remainder!r}", path=("remainder",))
         epochs, tokens, padding = [], [], []
         report: dict[str, Any] = {
             "remainder": remainder,
             "padding_batches": [],
             "dropped_batches": [],
             "dropped_samples": [],
+            "dropped_tokens": [],
             "step_imbalance": [],
         }
         seed = int(self.config.get("seed", 0))
@@ -323,6 +391,7 @@ class BatchPlan:
             report["padding_batches"].append(int(pad.sum()))
             report["dropped_batches"].append(int((~used).sum()))
             report["dropped_samples"].append(int(plan.batch_sizes[~used].sum()))
+            report["dropped_tokens"].append(int(self.batch_tokens[e][~used].sum()))
             cost = (plan.batch_sizes * plan.max_length)[groups]
             if cost.size:  # how much of the slowest rank's step the fastest rank waits
                 top = cost.max(axis=1)
@@ -342,6 +411,7 @@ class BatchPlan:
             world_size=world_size,
             padding=tuple(padding),
             shard_report=report,
+            inputs=self.inputs,
         )
 
     # ---------------------------------------------------------------- verify
@@ -405,16 +475,22 @@ class BatchPlan:
 
     # ------------------------------------------------------------ save, load
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the plan as a directory (replaced atomically); returns its path."""
+    def save(self, directory: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
+        """Write the plan as a directory (replaced atomically); returns its path.
+
+        ``directory`` must be new, empty, or (with ``overwrite``) a saved plan:
+        anything else is a ConfigError and is left untouched.
+        """
         target = Path(directory)
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target, kind=KIND, force=overwrite) as tmp:
             meta: dict[str, Any] = {
+                "kind": KIND,
                 "format_version": FORMAT_VERSION,
                 "laden_version": _version(),
                 "fingerprint": self.fingerprint,
                 **self._identity(),
                 "shard_report": self.shard_report,
+                "inputs": self.inputs,
                 "pack": None,
                 "epochs": [],
             }
@@ -462,7 +538,10 @@ class BatchPlan:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> BatchPlan:
         """Read a saved plan; a missing, truncated or altered file is named in the error."""
+        from laden.lengths import _require_kind
+
         root = Path(directory)
+        _require_kind(root, KIND)
         meta_path = root / "meta.json"
         meta = read_json(meta_path)
         if not isinstance(meta, dict) or "format_version" not in meta:
@@ -516,6 +595,7 @@ class BatchPlan:
                 world_size=int(meta["world_size"]),
                 padding=tuple(padding),
                 shard_report=meta["shard_report"],
+                inputs=meta.get("inputs") or {},  # plans before it recorded none
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"malformed plan metadata ({exc!r})", file=str(meta_path)) from None
@@ -527,12 +607,147 @@ class BatchPlan:
             )
         return plan
 
+    def recorded_lengths(self) -> str:
+        """The absolute path of the length cache the plan was built from, as recorded.
+
+        A DataError when the plan records none (saved by an older laden, or
+        built from a table that was never saved) or the cache is gone.
+        """
+        recorded = (self.inputs.get("lengths") or {}).get("path")
+        if not recorded:
+            raise DataError(
+                "the plan does not record its length cache (saved by an older laden, or "
+                "built from a table never saved); pass --lengths"
+            )
+        if not Path(recorded).is_dir():
+            raise DataError(
+                "the length cache this plan was built from is no longer there; "
+                "pass --lengths with its new place",
+                file=str(recorded),
+            )
+        return str(recorded)
+
+    def load_inputs(
+        self,
+        *,
+        lengths: str | os.PathLike[str] | None = None,
+        dataset: str | os.PathLike[str] | None = None,
+    ) -> tuple[LengthTable, str]:
+        """The length table and dataset path this plan was built from.
+
+        Given paths win; otherwise the ones recorded when the plan was built
+        (absolute, so this works from any directory). A recorded input that
+        moved or changed is a DataError naming it.
+        """
+        from laden.lengths import load_lengths
+
+        if lengths is None:
+            lengths = self.recorded_lengths()
+        table = load_lengths(lengths)
+        if table.digest() != self.table_digest:
+            raise DataError(
+                f"this length cache is not the one the plan was built from (digest "
+                f"{table.digest()}, the plan was built from {self.table_digest}); it changed "
+                "since, or another was given",
+                file=str(lengths),
+            )
+        if dataset is None:
+            recorded = table.meta.get("dataset") or (self.inputs.get("dataset") or {}).get("path")
+            if not recorded:
+                raise DataError(
+                    "the length cache does not record its dataset; pass --dataset",
+                    file=str(lengths),
+                )
+            if not Path(recorded).is_file():
+                raise DataError(
+                    "the dataset the lengths were measured on is no longer there; "
+                    "pass --dataset with its new place",
+                    file=str(recorded),
+                )
+            dataset = recorded
+        return table, str(dataset)
+
     def __repr__(self) -> str:
         shard = f" rank {self.rank}/{self.world_size}" if self.world_size > 1 else ""
         return (
             f"<BatchPlan {self.fingerprint[:12]} {self.num_epochs} epochs, "
             f"{self.total_steps:,} steps, {self.num_units:,} units{shard}>"
         )
+
+
+def _inputs_of(table: LengthTable) -> dict[str, Any]:
+    """What a plan records of its inputs: the length cache and dataset, where known."""
+    meta = table.meta
+    inputs: dict[str, Any] = {}
+    if meta.get("cache_path"):
+        inputs["lengths"] = {"path": meta["cache_path"], "table_digest": table.digest()}
+    if meta.get("dataset"):
+        inputs["dataset"] = {"path": meta["dataset"], "digest": meta.get("dataset_digest")}
+    if meta.get("tokenizer_file"):
+        inputs["tokenizer_file"] = dict(meta["tokenizer_file"])
+    return inputs
+
+
+_LOSS_KEYS = ("dropped_samples", "dropped_tokens", "truncated_samples", "truncated_tokens")
+
+
+def _losses(
+    plan: EpochPlan,
+    tokens: np.ndarray,
+    table: LengthTable,
+    units: LengthTable,
+    pack: PackPlan | None,
+) -> dict[str, int]:
+    """Samples and tokens an epoch leaves out or cuts, the packer's and the sampler's.
+
+    ``tokens`` are the real tokens of each batch (lengths capped at its max_length).
+    """
+    in_batches = units.length[plan.order]
+    cut = in_batches > np.repeat(plan.max_length, plan.batch_sizes)
+    truncated_tokens = int(in_batches.sum()) - int(tokens.sum())
+    if pack is None:
+        return {
+            "dropped_samples": int(plan.dropped.size),
+            "dropped_tokens": int(units.length[plan.dropped].sum()),
+            "truncated_samples": int(cut.sum()),
+            "truncated_tokens": truncated_tokens,
+        }
+    # Units are packs: the packer's losses hold in every epoch; the sampler's are
+    # counted in the segments of the packs it dropped or cut.
+    covered = np.bincount(pack.order, weights=pack.seg_length, minlength=len(table))
+    packer_cut = int(((covered > 0) & (covered < table.length)).sum())
+    sizes, pack_lengths = np.diff(pack.offsets), pack.pack_lengths
+    cap = np.full(len(pack), np.iinfo(np.int64).max, dtype=np.int64)
+    cap[plan.order] = np.repeat(plan.max_length, plan.batch_sizes)
+    seg_end = np.cumsum(pack.seg_length) - np.repeat(np.cumsum(pack_lengths) - pack_lengths, sizes)
+    sampler_cut = int((seg_end > np.repeat(cap, sizes)).sum())
+    report = pack.report
+    return {
+        "dropped_samples": int(report.get("dropped_samples", 0)) + int(sizes[plan.dropped].sum()),
+        "dropped_tokens": int(report.get("dropped_tokens", 0))
+        + int(pack_lengths[plan.dropped].sum()),
+        "truncated_samples": packer_cut + sampler_cut,
+        "truncated_tokens": int(report.get("truncated_tokens", 0)) + truncated_tokens,
+    }
+
+
+def _losses_without_table(plan: EpochPlan, pack: PackPlan | None) -> dict[str, int | None]:
+    """What a plan saved without recorded losses still tells: counts of units, few tokens."""
+    if pack is None:
+        return {
+            "dropped_samples": int(plan.dropped.size),
+            "dropped_tokens": None,
+            "truncated_samples": int(plan.truncated.size),
+            "truncated_tokens": None,
+        }
+    sizes, report = np.diff(pack.offsets), pack.report
+    return {
+        "dropped_samples": int(report.get("dropped_samples", 0)) + int(sizes[plan.dropped].sum()),
+        "dropped_tokens": int(report.get("dropped_tokens", 0))
+        + int(pack.pack_lengths[plan.dropped].sum()),
+        "truncated_samples": None,
+        "truncated_tokens": None,
+    }
 
 
 def _version() -> str:

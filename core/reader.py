@@ -6,12 +6,20 @@ something; decoded files are kept in an LRU cache (bounded by a count and a
 memory cap) for random access with :meth:`BatchReader.get`. Batches come out
 on the chosen backend (numpy, torch, optionally pinned and moved to a device,
 or mlx), and iteration resumes from a ``state_dict`` like the plan loader.
+
+Every file is checked as it is read: its size and a CRC-32 of its bytes
+against the manifest (computed over the buffer the file is read into, so it
+costs one pass over memory), and the epoch, step and rank stored inside it
+against the manifest's record, so a truncated, altered, or swapped file is a
+:class:`~laden.errors.DataError` naming it, never a batch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from laden.errors import DataError
-from laden.writing import load_manifest
+from laden.writing import _identity_problem, load_manifest
 
 __all__ = ["BatchReader"]
 
@@ -30,6 +38,15 @@ _META = ("epoch", "step", "rank", "padding")
 
 def _nbytes(arrays: Mapping[str, Any]) -> int:
     return sum(int(getattr(v, "nbytes", 0)) for v in arrays.values())
+
+
+def _held(values: list[int]) -> str:
+    """``0-3`` or ``0, 2, 5``: the epochs or ranks a directory holds."""
+    if not values:
+        return "none"
+    if values == list(range(values[0], values[-1] + 1)) and len(values) > 2:
+        return f"{values[0]}-{values[-1]}"
+    return ", ".join(map(str, values))
 
 
 class BatchReader:
@@ -49,8 +66,16 @@ class BatchReader:
         together (half each; files ahead are counted by their size on disk);
         beyond it the cache evicts and the prefetcher waits (one batch always
         fits).
+    :param verify: check each file's size and checksum against the manifest
+        as it is read (default); ``False`` skips the checksum (the size and
+        the epoch, step and rank stored in the file are still checked: they
+        cost nothing). A manifest written before checksums were recorded for
+        reading is checked with its ``blake2b`` (slower).
     :param kernel: announce every batch through ``laden_batch_produced``, and
         create the writer and backend from (default: ``default_kernel()``).
+    :raises DataError: the directory holds no files for ``epoch`` or ``rank``
+        (naming what it holds), the write did not finish or failed, and while
+        reading, a missing or damaged file (naming it).
     """
 
     def __init__(
@@ -64,6 +89,7 @@ class BatchReader:
         threads: int = 1,
         cache_files: int = 16,
         memory_cap: int = 1 << 30,
+        verify: bool = True,
         kernel: Any = None,
     ) -> None:
         from laden.kernel import default_kernel
@@ -83,6 +109,22 @@ class BatchReader:
             )
         self.prefetch, self.threads = prefetch, threads
         self.cache_files, self.memory_cap = cache_files, memory_cap
+        self.verify = verify
+        self.epoch = epoch
+        every = list(self.manifest["files"].values())
+        ranks = sorted({int(r["rank"]) for r in every})
+        if every and self.rank not in ranks:
+            raise DataError(
+                f"no batch files of rank {self.rank}; this directory holds rank(s) {_held(ranks)}",
+                file=str(self.directory),
+            )
+        epochs = sorted({int(r["epoch"]) for r in every if r["rank"] == self.rank})
+        if every and epoch is not None and epoch not in epochs:
+            raise DataError(
+                f"no batch files of epoch {epoch} (rank {self.rank}); this directory holds "
+                f"epoch(s) {_held(epochs)}",
+                file=str(self.directory),
+            )
         records = sorted(
             (
                 r
@@ -123,16 +165,60 @@ class BatchReader:
                 return hit
         path = self.directory / record["file"]
         try:
-            arrays = self.writer.read(str(path))
+            arrays = self._read(path, record)
         except FileNotFoundError:
-            raise DataError("missing batch file", file=str(path)) from None
+            raise DataError(
+                "missing batch file; rerun `laden write --resume` to write it again",
+                file=str(path),
+            ) from None
+        except DataError:
+            raise
         except Exception as exc:  # each format fails its own way (BadZipFile, OSError, ...)
             raise DataError(
-                f"cannot read batch file ({type(exc).__name__}: {exc})", file=str(path)
+                f"cannot read batch file ({type(exc).__name__}: {exc}); rerun "
+                "`laden write --resume` to write it again",
+                file=str(path),
             ) from None
+        problem = _identity_problem(arrays, record)
+        if problem is not None:
+            raise DataError(
+                f"{problem}; rerun `laden write --resume` to write it again", file=str(path)
+            )
         host = {k: v for k, v in arrays.items() if k not in _META}
         self._remember(record["file"], host)
         return host
+
+    def _read(self, path: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The file's arrays, once its size (and, with ``verify``, its checksum) match."""
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if "bytes" in record and size != record["bytes"]:
+                raise DataError(
+                    f"{size} bytes, the manifest says {record['bytes']} (a damaged file); "
+                    "rerun `laden write --resume` to write it again",
+                    file=str(path),
+                )
+            read_bytes = getattr(self.writer, "read_bytes", None)
+            if read_bytes is None and not self.verify:
+                return dict(self.writer.read(str(path)))
+            buffer = np.empty(size, dtype=np.uint8)  # no zero fill
+            if f.readinto(memoryview(buffer)) != size:  # type: ignore[arg-type]
+                raise DataError("the file shrank while being read", file=str(path))
+        if self.verify:
+            if "crc32" in record:  # crc32 and blake2b release the GIL on big buffers
+                altered = zlib.crc32(memoryview(buffer)) != record["crc32"]  # type: ignore[arg-type]
+            else:
+                digest = hashlib.blake2b(memoryview(buffer), digest_size=16)  # type: ignore[arg-type]
+                altered = digest.hexdigest() != record.get("blake2b")
+            if altered:
+                raise DataError(
+                    "checksum mismatch with the manifest (the file was altered); rerun "
+                    "`laden write --resume` to write it again",
+                    file=str(path),
+                )
+        if read_bytes is None:  # a writer that reads only from a path
+            return dict(self.writer.read(str(path)))
+        return dict(read_bytes(buffer, str(path)))
 
     def _remember(self, name: str, arrays: dict[str, Any]) -> None:
         if not self.cache_files:
@@ -217,6 +303,7 @@ class BatchReader:
         return {
             "fingerprint": self.manifest["fingerprint"],
             "rank": self.rank,
+            "epoch": self.epoch,
             "position": self._position,
             "files": len(self.records),
         }
@@ -229,6 +316,21 @@ class BatchReader:
                 f"not {self.manifest['fingerprint']}"
             )
         position = int(state["position"])
-        if state.get("rank") != self.rank or not 0 <= position <= len(self.records):
-            raise DataError(f"the state (rank {state.get('rank')}, {position}) does not fit")
+        held = f"this reader holds {len(self.records)} files of rank {self.rank}" + (
+            f", epoch {self.epoch}" if self.epoch is not None else ""
+        )
+        if (
+            state.get("rank") != self.rank
+            or state.get("epoch", self.epoch) != self.epoch
+            or state.get("files", len(self.records)) != len(self.records)
+            or not 0 <= position <= len(self.records)
+        ):
+            where = f"rank {state.get('rank')}" + (
+                f", epoch {state['epoch']}" if state.get("epoch") is not None else ""
+            )
+            raise DataError(
+                f"the state (file {position} of {state.get('files', '?')}, {where}) does not "
+                f"fit: {held}",
+                file=str(self.directory),
+            )
         self._position = position

@@ -7,6 +7,7 @@ User config is strict: unknown keys are errors and numbers are not coerced
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -19,7 +20,14 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 
 from laden.errors import ConfigError
 
-__all__ = ["canonical_json", "config_of", "digest", "make_converter", "structure_config"]
+__all__ = [
+    "canonical_json",
+    "combine_problems",
+    "config_of",
+    "digest",
+    "make_converter",
+    "structure_config",
+]
 
 
 def _strict_int(value: Any, _type: Any) -> int:
@@ -60,19 +68,36 @@ def make_converter() -> cattrs.Converter:
     return converter
 
 
+def _unknown_key(key: Any, fields: Sequence[str], path: tuple[str | int, ...]) -> ConfigError:
+    """``unknown key 'token_bugdet' (did you mean 'token_budget'?); known keys: ...``."""
+    close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    known = ", ".join(fields) or "none"
+    return ConfigError(f"unknown key {key!r}{hint}; known keys: {known}", path=path)
+
+
 def _problems(exc: BaseException, path: tuple[str | int, ...]) -> list[ConfigError]:
-    """Flatten a cattrs error tree into ConfigErrors carrying key paths."""
+    """Flatten a cattrs error tree into ConfigErrors carrying key paths.
+
+    Unknown keys come first (a misspelt key is usually why a required one is
+    missing), each with the closest known key as a suggestion.
+    """
     if isinstance(exc, ConfigError):
         return [exc.within(*path)]
     if isinstance(exc, ForbiddenExtraKeysError):
         fields = sorted(a.name for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else []
-        known = ", ".join(fields) or "none"
-        extra = ", ".join(repr(k) for k in sorted(exc.extra_fields))
-        return [ConfigError(f"unknown key {extra}; known keys: {known}", path=path)]
+        return [_unknown_key(k, fields, path) for k in sorted(exc.extra_fields, key=str)]
     if isinstance(exc, ClassValidationError):
         with_notes, without = exc.group_exceptions()
-        out = [p for sub, note in with_notes for p in _problems(sub, (*path, note.name))]
-        return out + [p for sub in without for p in _problems(sub, path)]
+        unknown = [p for sub in without for p in _problems(sub, path)]
+        out = []
+        for sub, note in with_notes:
+            if isinstance(sub, KeyError) and sub.args == (note.name,):
+                # cattrs' way of saying a field without a default was not given
+                out.append(ConfigError(f"missing required key {note.name!r}", path=path))
+            else:
+                out += _problems(sub, (*path, note.name))
+        return unknown + out
     if isinstance(exc, IterableValidationError):
         items, rest = exc.group_exceptions()
         out = [p for sub, item in items for p in _problems(sub, (*path, int(item.index)))]
@@ -98,12 +123,20 @@ def structure_config(
         problems = _problems(exc, tuple(path))
     except ConfigError as exc:
         problems = [exc.within(*path)]
+    raise combine_problems(problems) from None
+
+
+def combine_problems(problems: Sequence[ConfigError]) -> ConfigError:
+    """One error for several: the first in the message, the rest as ``also:`` lines.
+
+    All of them are in ``error.problems``.
+    """
     first = problems[0]
-    err = ConfigError(first.reason, path=first.path)
-    err.problems = problems  # type: ignore[attr-defined]
+    err = ConfigError(first.reason, path=first.path, source=first.source)
+    err.problems = list(problems)  # type: ignore[attr-defined]
     if len(problems) > 1:
         err.args = (str(err) + "".join(f"\n  also: {p}" for p in problems[1:]),)
-    raise err from None
+    return err
 
 
 def config_of(strategy: Any) -> dict[str, Any]:

@@ -240,9 +240,10 @@ def check_backend(cls: type[Any], *, max_examples: int = 40, **config: Any) -> N
     Property-based (hypothesis): random samples (with and without loss masks)
     in padded and in packed layouts are collated by ``cls(**config)`` and by
     the numpy backend with the same collation settings; every column must
-    have the same shape, the same values and the same dtype family (integers
-    stay integers in the configured width, ``cu_seqlens`` int32, masks bool),
-    and ``max_seqlen`` is a plain ``int``.
+    have the same shape, the same values and the same dtype (integers in the
+    configured width, ``int_dtype = "auto"`` resolving as numpy's does except
+    for the backend's ``wide`` columns, which are int64; ``cu_seqlens`` int32,
+    ``sample_ids`` int64, masks bool), and ``max_seqlen`` is a plain ``int``.
 
     :param cls: the backend class (a :class:`laden.collate.CollatingBackend`).
     :param config: its config fields.
@@ -293,7 +294,8 @@ def check_backend(cls: type[Any], *, max_examples: int = 40, **config: Any) -> N
                 assert value == expected, f"{key}: {value!r}, not {expected!r}"
                 continue
             assert value.shape == expected.shape, f"{key}: shape {value.shape}"
-            assert value.dtype == expected.dtype, f"{key}: {value.dtype}, not {expected.dtype}"
+            dtype = np.dtype(np.int64) if key in getattr(backend, "wide", ()) else expected.dtype
+            assert value.dtype == dtype, f"{key}: {value.dtype}, not {dtype}"
             assert np.array_equal(value, expected), f"{key}: values differ from numpy"
 
     properties()

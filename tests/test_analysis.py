@@ -221,3 +221,33 @@ def test_missing_cache_is_a_clear_error(kernel: laden.Kernel, tmp_path: Path) ->
     result = CliRunner().invoke(build_cli(kernel), ["suggest", str(tmp_path / "empty")])
     assert result.exit_code == 1
     assert "meta.json: missing file" in result.output
+
+
+def test_analyze_applies_the_overflow_policy_and_counts_what_exceeds(
+    kernel: laden.Kernel, tmp_path: Path
+) -> None:
+    lengths = np.array([100, 200, 5000, 300, 7000] * 20, dtype=np.int64)
+    cache = save_lengths(laden.LengthTable.from_lengths(lengths), tmp_path / "long")
+    args = ["analyze", str(cache), "--token-budget", "4096"]
+    refused = CliRunner().invoke(build_cli(kernel), args, catch_exceptions=False)
+    assert refused.exit_code == 1  # the sampler's default, 'error': never silently 'alone'
+    assert "40 sample(s) with 240,000 tokens are longer than the token budget" in refused.output
+    assert "--overflow" in refused.output
+    for overflow, effect in (
+        ("drop", "leaves them out (240,000 tokens dropped)"),
+        ("truncate", f"cuts them to the budget ({20 * (5000 + 7000 - 2 * 4096):,} tokens cut)"),
+        ("alone", "puts each in a batch of its own, over budget"),
+    ):
+        data = json.loads(invoke(kernel, *args, "--overflow", overflow, "--json").output)
+        over = data["over_budget"]
+        assert (over["samples"], over["tokens"], over["limit"]) == (40, 240_000, 4096)
+        assert over["excess_tokens"] == 20 * (5000 + 7000 - 2 * 4096)
+        assert over["overflow"] == overflow
+        plan = data["token_budget_plan"]
+        assert plan["dropped"] == (40 if overflow == "drop" else 0)
+        assert plan["truncated"] == (40 if overflow == "truncate" else 0)
+        text = invoke(kernel, *args, "--overflow", overflow).output
+        assert "40 sample(s) (40.0%, 240,000 tokens) are longer than the budget" in text
+        assert effect in text
+    fits = invoke(kernel, "analyze", str(cache), "--token-budget", "8192").output
+    assert "no sample is longer than the budget allows (8,192 tokens)" in fits

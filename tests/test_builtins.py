@@ -103,14 +103,14 @@ def test_numpy_backend_dtypes(kernel: laden.Kernel) -> None:
         "sliced": np.arange(8, dtype=np.int64)[::2],
     }
     out = backend.convert(batch)
-    assert out["input_ids"].dtype == np.int64
+    assert out["input_ids"].dtype == np.int32  # int_dtype "auto": int32 holds every vocabulary
     assert out["attention_mask"].dtype == np.bool_
     assert out["cu_seqlens"].dtype == np.int32
     assert out["weights"].dtype == np.float32
     assert out["sliced"].flags.c_contiguous
     assert out["sliced"].tolist() == [0, 2, 4, 6]
-    small = kernel.create("backend", {"name": "numpy", "int_dtype": "int32"}).convert(batch)
-    assert small["input_ids"].dtype == np.int32
+    wide = kernel.create("backend", {"name": "numpy", "int_dtype": "int64"}).convert(batch)
+    assert wide["input_ids"].dtype == np.int64
 
 
 class _FakeTTY:

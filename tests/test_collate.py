@@ -157,6 +157,7 @@ def test_dense_mask_is_block_diagonal_and_never_empty() -> None:
     [
         {},
         {"int_dtype": "int32", "dense_mask": "causal"},
+        {"int_dtype": "int64", "vocab_size": 50257},
         {"pad_to_multiple_of": 8, "shift_labels": True, "pad_id": 3, "dense_mask": "block"},
     ],
 )
@@ -176,7 +177,8 @@ def test_torch_backend_gives_cpu_tensors_without_copies() -> None:
     out = TorchBackend(dense_mask="causal").collate(
         BatchLayout.padded(np.array([0, 1]), tokens.lengths), tokens
     )
-    assert out["input_ids"].dtype == torch.int64
+    assert out["input_ids"].dtype == torch.int32  # int_dtype auto: narrow token columns
+    assert out["labels"].dtype == torch.int64  # what PyTorch's losses take
     assert out["input_ids"].device.type == "cpu"
     assert out["cu_seqlens"].dtype == torch.int32
     assert out["attn_mask"].dtype == torch.bool
@@ -260,3 +262,131 @@ def test_source_samples_read_only_the_batch(kernel: laden.Kernel, tmp_path: Any)
         samples.fetch([3])
     with pytest.raises(ValueError, match="no offset column"):
         SourceSamples(source=source, tokenizer=tokenizer, table=laden.LengthTable.from_lengths([1]))
+
+
+# ------------------------------------------------------------ token dtypes
+
+TOKEN_COLUMNS = ("input_ids", "labels", "position_ids", "segment_ids", "attention_mask")
+
+
+def _batch(backend: Any, values: list[list[int]]) -> dict[str, Any]:
+    tokens = Ragged.from_sequences(values)
+    return dict(backend.collate(BatchLayout.padded(np.arange(len(values)), tokens.lengths), tokens))
+
+
+def test_token_columns_default_to_int32_and_widen_on_request(kernel: laden.Kernel) -> None:
+    narrow = _batch(kernel.create("backend", "numpy"), [[1, 2, 3], [50_000, 5]])
+    for key in TOKEN_COLUMNS:
+        assert narrow[key].dtype == np.int32, key
+    assert narrow["cu_seqlens"].dtype == np.int32
+    assert narrow["sample_ids"].dtype == np.int64
+    assert narrow["input_ids"].tolist() == [[1, 2, 3], [50_000, 5, 0]]
+    wide = _batch(kernel.create("backend", {"name": "numpy", "int_dtype": "int64"}), [[1, 2]])
+    for key in TOKEN_COLUMNS:
+        assert wide[key].dtype == np.int64, key
+    assert wide["cu_seqlens"].dtype == np.int32
+
+
+def test_auto_follows_the_vocabulary_and_the_special_ids(kernel: laden.Kernel) -> None:
+    def dtype_of(**settings: Any) -> np.dtype:
+        backend = kernel.create("backend", {"name": "numpy", **settings})
+        return backend.token_dtype
+
+    assert dtype_of() == np.int32
+    assert dtype_of(vocab_size=256) == np.int32
+    assert dtype_of(vocab_size=2**31) == np.int32  # ids 0 .. 2**31 - 1
+    assert dtype_of(vocab_size=2**31 + 1) == np.int64
+    assert dtype_of(pad_id=2**40) == np.int64
+    assert dtype_of(vocab_size=2**40, int_dtype="int32") == np.int32  # asked for explicitly
+    big = _batch(kernel.create("backend", {"name": "numpy", "vocab_size": 2**33}), [[2**32 + 7]])
+    assert big["input_ids"].dtype == np.int64
+    assert big["input_ids"].tolist() == [[2**32 + 7]]
+
+
+@pytest.mark.parametrize("int_dtype", ["auto", "int32"])
+def test_an_id_that_does_not_fit_is_an_error_not_a_wrap(
+    kernel: laden.Kernel, int_dtype: str
+) -> None:
+    backend = kernel.create("backend", {"name": "numpy", "int_dtype": int_dtype})
+    with pytest.raises(laden.DataError) as info:
+        _batch(backend, [[1, 2**31], [3]])
+    assert str(info.value) == (
+        "'input_ids' holds 2147483648, which does not fit int32; set the backend's "
+        "int_dtype to 'int64' (or its vocab_size to the vocabulary's size)"
+    )
+    ok = _batch(kernel.create("backend", {"name": "numpy", "int_dtype": "int64"}), [[1, 2**31]])
+    assert ok["input_ids"].tolist() == [[1, 2**31]]
+
+
+def test_convert_narrows_stored_int64_columns_only_when_they_fit(kernel: laden.Kernel) -> None:
+    backend = kernel.create("backend", "numpy")
+    fits = backend.convert({"input_ids": np.array([[1, 2]], dtype=np.int64), "max_seqlen": 2})
+    assert fits["input_ids"].dtype == np.int32
+    assert fits["max_seqlen"] == 2
+    with pytest.raises(laden.DataError, match="'input_ids' holds -2147483649, which does not fit"):
+        backend.convert({"input_ids": np.array([[-(2**31) - 1]], dtype=np.int64)})
+
+
+def test_special_ids_must_fit_an_explicit_int32(kernel: laden.Kernel) -> None:
+    with pytest.raises(
+        laden.ConfigError,
+        match=r"backend\.pad_id: 4294967296 does not fit int_dtype 'int32'; use int_dtype 'int64'",
+    ):
+        kernel.create("backend", {"name": "numpy", "int_dtype": "int32", "pad_id": 2**32})
+    with pytest.raises(laden.ConfigError, match=r"backend\.int_dtype: must be one of"):
+        kernel.create("backend", {"name": "numpy", "int_dtype": "int16"})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=8), min_size=1, max_size=5
+    ),
+    int_dtype=st.sampled_from(["auto", "int32", "int64"]),
+)
+def test_every_int_dtype_gives_the_same_values(values: list[list[int]], int_dtype: str) -> None:
+    got = _batch(NumpyBackend(int_dtype=int_dtype), values)
+    want = _batch(NumpyBackend(int_dtype="int64"), values)
+    for key, expected in want.items():
+        if isinstance(expected, int):
+            assert got[key] == expected
+        else:
+            assert np.array_equal(got[key], expected), key
+
+
+def test_torch_takes_narrow_ids_in_embeddings_and_int64_labels_in_losses() -> None:
+    torch = pytest.importorskip("torch")
+    from laden.plugins.backends.torch import TorchBackend
+
+    batch = _batch(TorchBackend(), [[1, 2, 3, 4], [5, 6]])
+    assert batch["input_ids"].dtype == torch.int32
+    assert batch["position_ids"].dtype == torch.int32
+    assert batch["labels"].dtype == torch.int64
+    embed = torch.nn.Embedding(8, 4)
+    logits = torch.nn.Linear(4, 8)(embed(batch["input_ids"]) + embed(batch["position_ids"]))
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 8), batch["labels"].reshape(-1))
+    assert torch.isfinite(loss)
+    forced = _batch(TorchBackend(int_dtype="int32"), [[1, 2]])
+    assert forced["labels"].dtype == torch.int32  # asked for: the caller's choice
+
+
+def test_written_batch_files_hold_int32_token_columns(kernel: laden.Kernel, tmp_path: Any) -> None:
+    import json
+
+    from laden.lengths import build_lengths
+    from laden.plan import BatchPlan
+    from laden.writing import write_batches
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": "ab" * (i + 1)}) + "\n" for i in range(20)))
+    source = kernel.create("source", {"name": "jsonl", "path": str(data)})
+    tokenizer = kernel.create("tokenizer", "bytes")
+    inline = kernel.create("executor", {"name": "local", "workers": 0})
+    table = build_lengths(source, tokenizer, executor=inline)
+    sampler = kernel.create("sampler", {"name": "token_budget", "token_budget": 64})
+    plan = BatchPlan.build(table, sampler, seed=0)
+    write_batches(plan, table, source, tokenizer, kernel.create("writer", "npz"), tmp_path / "out")
+    first = np.load(sorted((tmp_path / "out").glob("*.npz"))[0])
+    for key in TOKEN_COLUMNS:
+        assert first[key].dtype == np.int32, key
+    assert first["cu_seqlens"].dtype == np.int32

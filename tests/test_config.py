@@ -78,7 +78,8 @@ def test_create_builds_the_strategy(k: laden.Kernel) -> None:
         ({"name": "budget", "max_batch_size": 0}, "sampler.max_batch_size: must be > 0, got 0"),
         (
             {"name": "budget", "tokn_budget": 5},
-            "sampler: unknown key 'tokn_budget'; known keys: bucket_edges,",
+            "sampler: unknown key 'tokn_budget' (did you mean 'token_budget'?); "
+            "known keys: bucket_edges,",
         ),
         ({"name": "nope"}, "sampler: unknown sampler 'nope'; known samplers: 'budget'"),
         ({"token_budget": 5}, "sampler: missing 'name'; known samplers: 'budget'"),
@@ -150,9 +151,50 @@ def test_unknown_section(k: laden.Kernel, tmp_path: Path) -> None:
     path = tmp_path / "run.yml"
     path.write_text("samplr:\n  name: budget\n")
     with pytest.raises(
-        ConfigError, match=r"run.yml: unknown section or setting 'samplr'; known: source"
+        ConfigError,
+        match=r"run.yml: unknown section or setting 'samplr' \(did you mean 'sampler'\?\); "
+        r"known: source",
     ):
         laden.load_config(path, kernel=k)
+
+
+def test_missing_required_key_is_named_with_its_section(k: laden.Kernel) -> None:
+    with pytest.raises(ConfigError) as info:
+        k.create("sampler", {"name": "token_budget"}, path=("sampler",))
+    assert str(info.value) == "sampler: missing required key 'token_budget'"
+    assert info.value.path == ("sampler",)
+
+
+def test_misspelt_key_suggests_the_known_one_before_the_missing_one(k: laden.Kernel) -> None:
+    with pytest.raises(ConfigError) as info:
+        k.create("sampler", {"name": "token_budget", "token_bugdet": 4096})
+    first, *rest = str(info.value).splitlines()
+    assert first.startswith(
+        "sampler: unknown key 'token_bugdet' (did you mean 'token_budget'?); known keys: "
+    )
+    assert rest == ["  also: sampler: missing required key 'token_budget'"]
+    reasons = [p.reason for p in info.value.problems]
+    assert reasons[1] == "missing required key 'token_budget'"
+
+
+def test_unrelated_unknown_key_gets_no_suggestion(k: laden.Kernel) -> None:
+    with pytest.raises(ConfigError) as info:
+        k.create("sampler", {"name": "budget", "zzzz": 1, "shufle": True})
+    reasons = sorted(p.reason.split(";")[0] for p in info.value.problems)
+    assert reasons == ["unknown key 'shufle' (did you mean 'shuffle'?)", "unknown key 'zzzz'"]
+
+
+def test_file_with_a_misspelt_key_names_file_section_and_suggestion(
+    k: laden.Kernel, tmp_path: Path
+) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text("[sampler]\nname = 'token_budget'\ntoken_bugdet = 4096\n")
+    with pytest.raises(ConfigError) as info:
+        laden.load_config(path, kernel=k)
+    assert str(info.value).startswith(
+        f"{path}: sampler: unknown key 'token_bugdet' (did you mean 'token_budget'?)"
+    )
+    assert "missing required key 'token_budget'" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -47,7 +47,7 @@ def test_plan_built_and_batch_produced(kernel: laden.Kernel) -> None:
     table = laden.LengthTable.from_lengths([3, 1, 2, 5, 4])
 
     def collate(spec: laden.BatchSpec) -> dict[str, np.ndarray]:
-        ids = np.zeros((spec.size, spec.max_length), dtype=np.int32)
+        ids = np.zeros((spec.size, spec.max_length), dtype=np.int16)
         mask = np.arange(spec.max_length) < table.length[spec.indices][:, None]
         ids[mask] = 7
         return {"input_ids": ids, "attention_mask": mask}
@@ -58,7 +58,7 @@ def test_plan_built_and_batch_produced(kernel: laden.Kernel) -> None:
     assert recorder.plans == [plan]
     assert [(e, s) for e, s, _ in recorder.batches] == [(3, 1), (3, 2)]
     assert recorder.batches[0][2] is batches[0]
-    assert batches[0]["input_ids"].dtype == np.int64  # converted by the numpy backend
+    assert batches[0]["input_ids"].dtype == np.int32  # converted by the numpy backend
     assert batches[0]["attention_mask"].sum() == 2 + 5
     # Unregistered observers see nothing more.
     kernel.plan_epoch(FixedTwo(), table)

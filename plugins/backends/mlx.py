@@ -31,7 +31,7 @@ class MlxBackend(CollatingBackend):
 
         return {
             key: value if isinstance(value, int) else mx.array(value)
-            for key, value in host_dtypes(arrays, self.int_dtype).items()
+            for key, value in host_dtypes(arrays, self.token_dtype, wide=self.wide).items()
         }
 
     def as_numpy(self, value: Any) -> Any:

@@ -15,7 +15,7 @@ from laden.registry import Registry
 
 @attrs.frozen(kw_only=True)
 class NumpyBackend(CollatingBackend):
-    """Returns C-contiguous numpy arrays; integer columns in ``int_dtype``.
+    """Returns C-contiguous numpy arrays; token columns int32 unless ``int_dtype`` says otherwise.
 
     Settings are those of :class:`laden.collate.CollatingBackend`.
     """
@@ -23,7 +23,7 @@ class NumpyBackend(CollatingBackend):
     name: ClassVar[str] = "numpy"
 
     def convert(self, arrays: Mapping[str, Any]) -> dict[str, Any]:
-        return host_dtypes(arrays, self.int_dtype)
+        return host_dtypes(arrays, self.token_dtype, wide=self.wide)
 
     def as_numpy(self, value: Any) -> Any:
         return value if isinstance(value, int) else np.asarray(value)

@@ -32,7 +32,9 @@ class TorchBackend(CollatingBackend):
     asynchronous (``non_blocking``): the next batch can be collated while this
     one is in flight. The dense ``attn_mask`` is a boolean ``(rows, 1, L, L)``
     tensor that ``scaled_dot_product_attention`` takes as is (True = attend).
-    Other settings are those of :class:`laden.collate.CollatingBackend`.
+    With the default ``int_dtype = "auto"`` the token columns are int32 and
+    ``labels`` int64 (what PyTorch's losses take). Other settings are those of
+    :class:`laden.collate.CollatingBackend`.
 
     :param device: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     :param pin_memory: pin host tensors before a copy to CUDA.
@@ -42,6 +44,10 @@ class TorchBackend(CollatingBackend):
     name: ClassVar[str] = "torch"
     requires: ClassVar[tuple[str, ...]] = ("torch",)
     extra: ClassVar[str] = "torch"
+    #: PyTorch's losses (``cross_entropy``, ``nll_loss``) and Hugging Face models
+    #: take int64 targets, so with ``int_dtype = "auto"`` labels stay int64 while
+    #: the other token columns are int32 (embeddings take either).
+    wide_columns: ClassVar[tuple[str, ...]] = ("labels",)
 
     device: str = attrs.field(default="cpu", validator=_device)
     pin_memory: bool = True
@@ -58,7 +64,7 @@ class TorchBackend(CollatingBackend):
                 path=("device",),
             )
         out: dict[str, Any] = {}
-        for key, value in host_dtypes(arrays, self.int_dtype).items():
+        for key, value in host_dtypes(arrays, self.token_dtype, wide=self.wide).items():
             if isinstance(value, int):
                 out[key] = value
                 continue

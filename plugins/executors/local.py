@@ -1,12 +1,27 @@
-"""``local``: a map over a pool of worker processes on this machine."""
+"""``local``: a map over a pool of worker processes on this machine.
+
+Workers never outlive the process that started them: each asks the kernel to
+kill it when its parent dies (``PR_SET_PDEATHSIG`` on Linux) and also watches
+its parent pid from a thread (every platform), so a parent killed by
+``kill -9`` or SIGTERM leaves no worker behind. Workers ignore SIGINT: Ctrl-C
+on a terminal reaches the whole process group, and it is the parent that
+decides; when the parent is interrupted (or stops reading results) it cancels
+what has not started and terminates the workers instead of waiting for them.
+"""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from multiprocessing.connection import wait
 from typing import ClassVar, TypeVar
 
 import attrs
@@ -18,6 +33,89 @@ from laden.validators import at_least, one_of, optional
 T = TypeVar("T")
 R = TypeVar("R")
 
+#: How often a worker checks its parent pid where it has no parent sentinel (seconds).
+PARENT_POLL_SECONDS = 0.5
+#: How long an abandoned pool's workers get to exit after SIGTERM before SIGKILL.
+TERMINATE_GRACE_SECONDS = 0.5
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Exit this worker as soon as the process that started the pool is gone.
+
+    Two guards: the kernel's parent-death signal (Linux; it fires even while
+    this worker is stuck in C code holding the GIL), and a thread that waits
+    on multiprocessing's parent sentinel (every platform and start method; a
+    forkserver worker's direct parent is the fork server, not the pool's owner).
+    """
+    if sys.platform.startswith("linux") and os.getppid() == parent:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the thread below
+            pass
+        if os.getppid() != parent:  # it died before the signal was armed
+            os._exit(1)
+    owner = multiprocessing.parent_process()
+    sentinel = getattr(owner, "sentinel", None)
+
+    def watch() -> None:
+        if sentinel is not None:
+            wait([sentinel])  # readable (EOF) once the owner has exited
+        else:  # pragma: no cover - no sentinel: poll the parent pid
+            while os.getppid() == parent:
+                time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="laden-parent-watch", daemon=True).start()
+
+
+def _worker_init(parent: int) -> None:
+    """Initializer of every worker: ignore Ctrl-C, die with the pool's owner."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+
+
+@contextmanager
+def _starting_workers() -> Iterator[None]:
+    """Ignore SIGINT while a worker may be started, so that it starts ignoring it.
+
+    A spawned worker inherits an ignored SIGINT (Python keeps it ignored), so
+    a Ctrl-C that reaches it while Python starts up, before its initializer,
+    does not print a KeyboardInterrupt traceback. Only the first ``workers``
+    submissions can start a process; each takes a few milliseconds.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be changed from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _abandon(pool: ProcessPoolExecutor) -> None:
+    """Stop ``pool`` now: cancel what has not started and end its workers.
+
+    Used on Ctrl-C, on an error and when the caller stops reading results, so
+    that nothing waits for tasks whose results nobody will read.
+    """
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
+
 
 @attrs.frozen(kw_only=True)
 class LocalExecutor:
@@ -25,7 +123,9 @@ class LocalExecutor:
 
     At most ``workers * prefetch`` items are in flight, so an endless or huge
     input is consumed lazily. The first failure cancels what has not started
-    and is raised in the caller.
+    and is raised in the caller. Ctrl-C, an error, or closing the iterator
+    early ends the workers at once (tasks already running are not waited
+    for); workers also exit by themselves when this process dies.
 
     :param workers: worker processes; None for one per CPU, 0 to run in this process.
     :param start_method: ``spawn`` (safe default), ``forkserver`` or ``fork``.
@@ -60,31 +160,45 @@ class LocalExecutor:
             yield from self._inline(fn, items, total, progress)
             return
         context = multiprocessing.get_context(self.start_method)
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=_worker_init,
+            initargs=(os.getpid(),),
+        )
         pending: deque[Future[R]] = deque()
-        done = 0
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            try:
-                iterator = iter(items)
-                limit = workers * self.prefetch
-                exhausted = False
-                while True:
-                    while not exhausted and len(pending) < limit:
-                        try:
-                            item = next(iterator)
-                        except StopIteration:
-                            exhausted = True
-                            break
-                        pending.append(pool.submit(fn, item))
-                    if not pending:
+        done = submitted = 0
+        finished = False
+        try:
+            iterator = iter(items)
+            limit = workers * self.prefetch
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < limit:
+                    try:
+                        item = next(iterator)
+                    except StopIteration:
+                        exhausted = True
                         break
-                    result = pending.popleft().result()
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-                    yield result
-            finally:
-                for future in pending:
-                    future.cancel()
+                    if submitted < workers:
+                        with _starting_workers():
+                            pending.append(pool.submit(fn, item))
+                    else:
+                        pending.append(pool.submit(fn, item))
+                    submitted += 1
+                if not pending:
+                    break
+                result = pending.popleft().result()
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+                yield result
+            finished = True
+        finally:
+            if finished:
+                pool.shutdown(wait=True)
+            else:
+                _abandon(pool)
 
     @staticmethod
     def _inline(

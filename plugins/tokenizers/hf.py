@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -28,6 +29,13 @@ def _load(path: str, digest_: str) -> Any:
         raise ConfigError(f"cannot load tokenizer file {path!r}: {exc}", path=("path",)) from exc
 
 
+@functools.lru_cache(maxsize=32)
+def _digest_of(path: str, size: int, mtime_ns: int) -> str:
+    # Keyed by size and mtime too: hashing the file once per encode call cost ~1 ms
+    # a sample; a rewritten file gets a new key and is hashed afresh.
+    return file_digest(path)
+
+
 @attrs.frozen(kw_only=True)
 class HFTokenizer:
     """A ``tokenizers.Tokenizer`` from a local file (never downloaded).
@@ -50,7 +58,8 @@ class HFTokenizer:
 
     def _file_digest(self) -> str:
         try:
-            return file_digest(self.path)
+            stat = os.stat(self.path)
+            return _digest_of(self.path, stat.st_size, stat.st_mtime_ns)
         except OSError as exc:
             raise ConfigError(f"cannot read tokenizer file: {exc}", path=("path",)) from exc
 

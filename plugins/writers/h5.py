@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from typing import Any, BinaryIO, ClassVar
 
@@ -11,6 +12,9 @@ import numpy as np
 from laden.hookspecs import hookimpl
 from laden.registry import Registry
 from laden.validators import one_of
+
+#: The metadata attributes read back with the columns (the batch's identity).
+_META = ("epoch", "step", "rank", "padding")
 
 
 @attrs.frozen(kw_only=True)
@@ -53,11 +57,27 @@ class H5Writer:
                 group.attrs[key] = value
 
     def read(self, path: str) -> dict[str, np.ndarray]:
+        """The columns, plus the batch's ``epoch``, ``step``, ``rank`` and ``padding``."""
         import h5py
 
         with h5py.File(path, "r") as f:
-            group = f["batch"]
-            return {key: group[key][()] for key in group}
+            return self._arrays(f)
+
+    def read_bytes(self, buffer: np.ndarray, name: str) -> dict[str, np.ndarray]:
+        """The same, from a file already in memory (``buffer``: its bytes, uint8)."""
+        import h5py
+
+        with h5py.File(io.BytesIO(memoryview(buffer)), "r") as f:  # type: ignore[arg-type]
+            return self._arrays(f)
+
+    @staticmethod
+    def _arrays(f: Any) -> dict[str, np.ndarray]:
+        group = f["batch"]
+        out = {key: group[key][()] for key in group}
+        for key in _META:
+            if key in group.attrs:
+                out[key] = np.asarray(group.attrs[key])
+        return out
 
 
 @hookimpl

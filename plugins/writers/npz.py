@@ -23,6 +23,34 @@ _ZIP64_EXTRA = 20
 _PAD_ID = 0xD935
 
 
+class _BufferFile(io.RawIOBase):
+    """A read-only file over a buffer, without the copy ``io.BytesIO`` makes."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view.cast("B")
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        chunk = self._view[self._at : self._at + len(memoryview(target).cast("B"))]
+        memoryview(target).cast("B")[: len(chunk)] = chunk
+        self._at += len(chunk)
+        return len(chunk)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._at, os.SEEK_END: len(self._view)}[whence]
+        self._at = max(0, base + offset)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+
 @attrs.frozen(kw_only=True)
 class NpzWriter:
     """Each column as ``NAME.npy`` in a zip archive, plus 0-d ``epoch``, ``step``,
@@ -62,29 +90,33 @@ class NpzWriter:
                     )
 
     def read(self, path: str) -> dict[str, np.ndarray]:
-        """The columns of a file.
-
-        A stored (uncompressed) file is read with one ``readinto`` (the copy
-        happens outside the interpreter lock, so a prefetch thread overlaps
-        with the consumer) and aligned members become views of that buffer;
-        compressed or foreign files go through ``np.load``.
-        """
+        """The columns of a file, read with one ``readinto`` (see :meth:`read_bytes`)."""
         with open(path, "rb") as f:
-            with zipfile.ZipFile(f) as archive:
-                infos = archive.infolist()
-            if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
-                with np.load(path, allow_pickle=False) as data:
-                    return {key: data[key] for key in data.files}
             buffer = np.empty(os.fstat(f.fileno()).st_size, dtype=np.uint8)  # no zero fill
-            f.seek(0)
             if f.readinto(memoryview(buffer)) != buffer.size:  # type: ignore[arg-type]
                 raise ValueError(f"{path}: the file shrank while being read")
+        return self.read_bytes(buffer, path)
+
+    def read_bytes(self, buffer: np.ndarray, name: str) -> dict[str, np.ndarray]:
+        """The columns of a file already in memory (``buffer``: its bytes, uint8).
+
+        The file is read once (the copy happens outside the interpreter lock,
+        so a prefetch thread overlaps with the consumer, and the caller can
+        checksum the same buffer); in a stored (uncompressed) file aligned
+        members become views of that buffer. Compressed or foreign files go
+        through ``np.load``. ``name`` only labels errors.
+        """
+        with zipfile.ZipFile(_BufferFile(memoryview(buffer))) as archive:  # type: ignore[arg-type]
+            infos = archive.infolist()
+        if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+            with np.load(io.BytesIO(memoryview(buffer)), allow_pickle=False) as data:  # type: ignore[arg-type]
+                return {key: data[key] for key in data.files}
         raw = memoryview(buffer)  # type: ignore[arg-type]
         out = {}
         for info in infos:
             local = info.header_offset
             if bytes(raw[local : local + 4]) != b"PK\x03\x04":
-                raise ValueError(f"{path}: bad zip local header for {info.filename}")
+                raise ValueError(f"{name}: bad zip local header for {info.filename}")
             name_len, extra_len = struct.unpack_from("<HH", raw, local + 26)
             start = local + 30 + name_len + extra_len
             header = io.BytesIO(raw[start : start + min(info.file_size, 1 << 16)])
@@ -95,11 +127,11 @@ class NpzWriter:
                 else np.lib.format.read_array_header_2_0(header)
             )
             if dtype.hasobject:
-                raise ValueError(f"{path}: {info.filename} holds Python objects; not loaded")
+                raise ValueError(f"{name}: {info.filename} holds Python objects; not loaded")
             at = start + header.tell()
             count = int(np.prod(shape, dtype=np.int64))
             if at + count * dtype.itemsize > start + info.file_size:
-                raise ValueError(f"{path}: {info.filename} is shorter than its header says")
+                raise ValueError(f"{name}: {info.filename} is shorter than its header says")
             array = np.frombuffer(buffer, dtype=dtype, count=count, offset=at)
             if not array.flags.aligned:
                 array = array.copy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from typing import Any, BinaryIO, ClassVar
 
@@ -41,7 +42,23 @@ class PtWriter:
     def read(self, path: str) -> dict[str, np.ndarray]:
         import torch
 
-        data = torch.load(path, weights_only=True, map_location="cpu")
+        return self._arrays(torch.load(path, weights_only=True, map_location="cpu"))
+
+    def read_bytes(self, buffer: np.ndarray, name: str) -> dict[str, np.ndarray]:
+        """The columns of a file already in memory (``buffer``: its bytes, uint8)."""
+        import torch
+
+        data = torch.load(
+            io.BytesIO(memoryview(buffer)),  # type: ignore[arg-type]
+            weights_only=True,
+            map_location="cpu",
+        )
+        return self._arrays(data)
+
+    @staticmethod
+    def _arrays(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        import torch
+
         return {
             key: value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
             for key, value in data.items()

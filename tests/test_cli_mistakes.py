@@ -1,0 +1,398 @@
+"""Ordinary mistakes against the real CLI: one ``Error:`` line naming the place, never a traceback.
+
+Every case runs through click's CliRunner with ``catch_exceptions=False``, so
+an exception that escapes a command fails the test with its traceback
+instead of being turned into an exit code.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+
+import laden
+from laden.cli import build_cli, emit_json, os_error_message
+from laden.lengths import load_lengths, save_lengths
+from laden.plan import BatchPlan
+
+
+def invoke(kernel: laden.Kernel, args: list[str]) -> Result:
+    return CliRunner().invoke(build_cli(kernel), args, catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A dataset, its length cache, a plan, its shards and its batch files, plus bad inputs."""
+    root = tmp_path_factory.mktemp("mistakes")
+    kernel = laden.Kernel(autoload=False)
+    data = root / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": "tok " * (i % 40 + 1)}) + "\n" for i in range(200)))
+    config = root / "run.yaml"
+    config.write_text("seed: 1\nepochs: 1\nsampler:\n  name: token_budget\n  token_budget: 1024\n")
+    steps = [
+        ["lengths", "build", str(data), "-o", str(root / "lens"), "--workers", "0"],
+        ["plan", "build", str(root / "lens"), "--config", str(config), "-o", str(root / "plan")],
+        ["plan", "shard", str(root / "plan"), "--world-size", "2", "-o", str(root / "shards")],
+        [
+            "write",
+            str(root / "plan"),
+            "--dataset",
+            str(data),
+            "--lengths",
+            str(root / "lens"),
+            "-o",
+            str(root / "batches"),
+        ],
+    ]
+    for args in steps:
+        result = invoke(kernel, args)
+        assert result.exit_code == 0, result.output
+    save_lengths(laden.LengthTable.from_lengths(np.zeros(0, dtype=np.int64)), root / "nolens")
+    (root / "bad.yaml").write_text("seed: 1\nsampler: [\n")
+    (root / "notes.txt").write_text("hello world\nthis is not json\n")
+    (root / "empty.jsonl").write_text("")
+    (root / "blank.jsonl").write_text("\n  \n\n")
+    return {
+        "tmp": str(root),
+        "data": str(data),
+        "config": str(config),
+        "lens": str(root / "lens"),
+        "plan": str(root / "plan"),
+        "shards": str(root / "shards"),
+        "batches": str(root / "batches"),
+        "nolens": str(root / "nolens"),
+        "bad": str(root / "bad.yaml"),
+        "notes": str(root / "notes.txt"),
+        "empty": str(root / "empty.jsonl"),
+        "blank": str(root / "blank.jsonl"),
+    }
+
+
+BUILD = ["plan", "build", "{lens}", "--config", "{config}", "-o", "{tmp}/out-plan"]
+
+#: (id, arguments, exit codes allowed, what the Error line must name)
+MISTAKES: list[tuple[str, list[str], tuple[int, ...], str]] = [
+    # An artifact of one kind where another is expected, all ways round.
+    (
+        "plan-as-lengths-build",
+        ["plan", "build", "{plan}", "--config", "{config}", "-o", "{tmp}/p"],
+        (1,),
+        "{plan}: is a batch plan, not a length cache",
+    ),
+    ("plan-as-lengths-analyze", ["analyze", "{plan}"], (1,), "is a batch plan, not a length cache"),
+    ("plan-as-lengths-stats", ["lengths", "stats", "{plan}"], (1,), "is a batch plan"),
+    ("plan-as-lengths-suggest", ["suggest", "{plan}"], (1,), "is a batch plan"),
+    (
+        "plan-as-lengths-verify",
+        ["plan", "verify", "{plan}", "--lengths", "{plan}"],
+        (1,),
+        "is a batch plan, not a length cache",
+    ),
+    (
+        "plan-as-lengths-write",
+        ["write", "{plan}", "--dataset", "{data}", "--lengths", "{plan}", "-o", "{tmp}/b"],
+        (1,),
+        "is a batch plan, not a length cache",
+    ),
+    (
+        "lengths-as-plan-info",
+        ["plan", "info", "{lens}"],
+        (1,),
+        "is a length cache, not a batch plan",
+    ),
+    (
+        "lengths-as-plan-shard",
+        ["plan", "shard", "{lens}", "--world-size", "2", "-o", "{tmp}/s"],
+        (1,),
+        "is a length cache, not a batch plan",
+    ),
+    (
+        "lengths-as-plan-write",
+        ["write", "{lens}", "--dataset", "{data}", "--lengths", "{lens}", "-o", "{tmp}/b"],
+        (1,),
+        "{lens}: is a length cache, not a batch plan",
+    ),
+    ("batches-as-plan", ["plan", "info", "{batches}"], (1,), "is a batch file directory"),
+    ("batches-as-lengths", ["analyze", "{batches}"], (1,), "is a batch file directory"),
+    ("plan-as-batches", ["verify", "{plan}"], (1,), "is a batch plan, not a batch file directory"),
+    ("shards-as-plan", ["plan", "info", "{shards}"], (1,), "pass one of its rank-R folders"),
+    ("no-meta", ["plan", "info", "{tmp}"], (1,), "{tmp}/meta.json: missing file: not a batch plan"),
+    # Sharding a shard.
+    (
+        "shard-a-shard",
+        ["plan", "shard", "{shards}/rank-0", "--world-size", "2", "-o", "{tmp}/s2"],
+        (1,),
+        "rank-0: is already a shard (rank 0 of 2)",
+    ),
+    (
+        "info-shard-of-a-shard",
+        ["plan", "info", "{shards}/rank-1", "--rank", "0", "--world-size", "2"],
+        (1,),
+        "is already a shard",
+    ),
+    # Numbers out of range name their option.
+    ("negative-seed-build", [*BUILD, "--seed", "-1"], (2,), "--seed"),
+    ("negative-seed-analyze", ["analyze", "{lens}", "--seed", "-1"], (2,), "--seed"),
+    ("negative-seed-demo", ["demo", "--seed", "-1", "--output", "{tmp}/demo"], (2,), "--seed"),
+    (
+        "zero-buckets-demo",
+        ["demo", "--num-buckets", "0", "--output", "{tmp}/d"],
+        (2,),
+        "--num-buckets",
+    ),
+    ("zero-epochs", [*BUILD, "--epochs", "0"], (2,), "--epochs"),
+    (
+        "zero-world-size-shard",
+        ["plan", "shard", "{plan}", "--world-size", "0", "-o", "{tmp}/s3"],
+        (2,),
+        "--world-size",
+    ),
+    (
+        "zero-world-size-info",
+        ["plan", "info", "{plan}", "--rank", "0", "--world-size", "0"],
+        (2,),
+        "--world-size",
+    ),
+    (
+        "rank-out-of-range",
+        ["plan", "info", "{plan}", "--rank", "2", "--world-size", "2"],
+        (2,),
+        "--rank",
+    ),
+    ("zero-buckets-suggest", ["suggest", "{lens}", "--num-buckets", "0"], (2,), "--num-buckets"),
+    (
+        "negative-workers",
+        ["lengths", "build", "{data}", "-o", "{tmp}/l1", "--workers", "-1"],
+        (2,),
+        "workers",
+    ),
+    # Config files.
+    (
+        "missing-config",
+        ["plan", "build", "{lens}", "--config", "{tmp}/missing.yaml", "-o", "{tmp}/p"],
+        (2,),
+        "--config",
+    ),
+    ("missing-config-check", ["config", "check", "{tmp}/missing.toml"], (2,), "missing.toml"),
+    (
+        "yaml-syntax",
+        ["plan", "build", "{lens}", "--config", "{bad}", "-o", "{tmp}/p"],
+        (2,),
+        "{bad}: invalid YAML",
+    ),
+    ("yaml-syntax-check", ["config", "check", "{bad}"], (2,), "{bad}: invalid YAML"),
+    # Datasets.
+    (
+        "not-jsonl",
+        ["lengths", "build", "{notes}", "-o", "{tmp}/l2", "--workers", "0"],
+        (1,),
+        "{notes}:1:",
+    ),
+    (
+        "empty-dataset",
+        ["lengths", "build", "{empty}", "-o", "{tmp}/l3", "--workers", "0"],
+        (1,),
+        "{empty}: is empty",
+    ),
+    (
+        "blank-dataset",
+        ["lengths", "build", "{blank}", "-o", "{tmp}/l4", "--workers", "0"],
+        (1,),
+        "{blank}: is empty",
+    ),
+    (
+        "empty-length-cache",
+        ["plan", "build", "{nolens}", "--config", "{config}", "-o", "{tmp}/p"],
+        (1,),
+        "{nolens}: the length cache holds no samples",
+    ),
+    (
+        "over-budget-analyze",
+        ["analyze", "{lens}", "--token-budget", "50"],
+        (1,),
+        "--overflow",
+    ),
+    # Outputs that cannot be written.
+    ("plot-missing-folder", ["analyze", "{lens}", "--plot", "{tmp}/nodir/h.png"], (2,), "nodir"),
+    (
+        "plot-missing-folder-stats",
+        ["lengths", "stats", "{lens}", "--plot", "{tmp}/nodir/h.png"],
+        (2,),
+        "nodir",
+    ),
+    (
+        "output-under-a-file-lengths",
+        ["lengths", "build", "{data}", "-o", "{data}/lens", "--workers", "0"],
+        (1, 2),
+        "{data}",
+    ),
+    (
+        "output-under-a-file-plan",
+        ["plan", "build", "{lens}", "--config", "{config}", "-o", "{data}/plan"],
+        (1, 2),
+        "{data}",
+    ),
+    (
+        "output-under-a-file-shard",
+        ["plan", "shard", "{plan}", "--world-size", "2", "-o", "{data}/s"],
+        (1, 2),
+        "{data}",
+    ),
+    (
+        "output-under-a-file-write",
+        ["write", "{plan}", "--dataset", "{data}", "--lengths", "{lens}", "-o", "{data}/b"],
+        (1, 2),
+        "{data}",
+    ),
+]
+
+
+def check_one_error_line(result: Result, codes: tuple[int, ...], needle: str) -> str:
+    """The exit code is one of ``codes``; one ``Error:`` line names ``needle``; no traceback."""
+    assert result.exit_code in codes, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    assert needle in errors[0], result.output
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "codes", "needle"), [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES]
+)
+def test_mistake_is_one_error_line(
+    kernel: laden.Kernel,
+    files: dict[str, str],
+    args: list[str],
+    codes: tuple[int, ...],
+    needle: str,
+) -> None:
+    result = invoke(kernel, [a.format(**files) for a in args])
+    check_one_error_line(result, codes, needle.format(**files))
+
+
+def test_the_table_covers_every_command(kernel: laden.Kernel) -> None:
+    """Each builtin command (and subcommand) meets at least one mistake above."""
+    cli = build_cli(kernel)
+    names: set[str] = set()
+    for name, command in cli.commands.items():
+        if isinstance(command, click.Group):
+            names |= {f"{name} {sub}" for sub in command.commands}
+        else:
+            names.add(name)
+    names -= {"plugins"}  # takes no input that can be wrong
+    tried = set()
+    for _, args, *_ in MISTAKES:
+        two = " ".join(args[:2])
+        tried.add(two if two in names else args[0])
+    assert names <= tried, sorted(names - tried)
+
+
+def test_every_command_with_output_has_json(kernel: laden.Kernel) -> None:
+    cli = build_cli(kernel)
+    missing = []
+    for name, command in cli.commands.items():
+        subs = command.commands.items() if isinstance(command, click.Group) else [("", command)]
+        for sub, leaf in subs:
+            if f"{name} {sub}".strip() == "demo":  # writes report.json instead
+                continue
+            if "--json" not in [o for p in leaf.params for o in getattr(p, "opts", [])]:
+                missing.append(f"{name} {sub}".strip())
+    assert not missing
+
+
+# ----------------------------------------------------------------- OS errors
+
+
+def test_a_full_disk_is_one_error_line_naming_the_file(
+    kernel: laden.Kernel, files: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while a plan is saved: ``Error: PATH: No space left on device``, exit 1."""
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = Path(files["tmp"]) / "full-plan"
+    result = invoke(kernel, [a.format(**files) for a in BUILD[:-1]] + [str(out)])
+    line = check_one_error_line(result, (1,), "No space left on device")
+    assert str(out) in line
+    assert ".tmp" not in line  # the file asked for, not its temporary name
+    assert not out.exists()
+
+
+def test_a_size_cap_in_a_real_process_is_one_error_line(files: dict[str, str]) -> None:
+    """A real write failure (RLIMIT_FSIZE: EFBIG) in a real process: no traceback."""
+    out = Path(files["tmp"]) / "capped-lens"
+
+    def cap() -> None:  # pragma: no cover - runs in the child
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "laden",
+            "lengths",
+            "build",
+            files["data"],
+            "-o",
+            str(out),
+            "--workers",
+            "0",
+            "--no-reuse",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=cap,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "File too large" in errors[0]
+    assert f"{out.parent}/" in errors[0]
+    assert out.name in errors[0]  # the output, or laden's work files beside it
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "out/meta.json"), "out/meta.json: No"),
+        (OSError(errno.EXDEV, "Invalid cross-device link", "a", None, "b"), "a -> b: Invalid"),
+        (OSError(errno.EIO, "Input/output error"), "Input/output error"),
+    ],
+)
+def test_os_error_message(exc: OSError, expected: str) -> None:
+    assert os_error_message(exc).startswith(expected)
+
+
+def test_emit_json_takes_numpy_values(capsys: pytest.CaptureFixture[str]) -> None:
+    value: dict[str, Any] = {"n": np.int64(3), "a": np.arange(2), "p": Path("x"), "t": (1, 2)}
+    emit_json(value)
+    assert json.loads(capsys.readouterr().out) == {"n": 3, "a": [0, 1], "p": "x", "t": [1, 2]}
+
+
+def test_loaders_name_the_kind_they_were_given(files: dict[str, str]) -> None:
+    with pytest.raises(laden.DataError, match="is a batch plan, not a length cache"):
+        load_lengths(files["plan"])
+    with pytest.raises(laden.DataError, match="is a length cache, not a batch plan"):
+        BatchPlan.load(files["lens"])
+    with pytest.raises(laden.DataError, match="is a batch file directory, not a batch plan"):
+        BatchPlan.load(files["batches"])
