@@ -31,6 +31,9 @@ BUILTINS = {
     "npz",
     "pt",
     "h5",
+    "mock",
+    "telnet",
+    "puzzle_arcade",
 }
 
 
@@ -79,7 +82,7 @@ def test_builtins_are_entry_points(kernel: laden.Kernel) -> None:
     for info in infos.values():
         assert info.distribution == "laden"
         assert info.entry_point is not None
-        assert info.entry_point.startswith("laden.plugins.")
+        assert info.entry_point.startswith(("laden.plugins.", "laden.contrib."))
     assert infos["bytes"].strategies == {"tokenizer": ("bytes",)}
     assert infos["local"].strategies == {"executor": ("local",)}
 
@@ -159,7 +162,7 @@ def test_every_kind_has_a_registry(kernel: laden.Kernel) -> None:
         assert kernel.registry(kind).kind == kind
     assert kernel.registry("tokenizer").names() == ["bytes", "hf", "whitespace"]
     assert kernel.registry("sampler").names() == ["fixed", "token_budget"]
-    assert kernel.registry("source").names() == ["jsonl"]
+    assert kernel.registry("source").names() == ["jsonl", "mock", "puzzle_arcade", "telnet"]
 
 
 def test_trace_hooks_writes_calls(
