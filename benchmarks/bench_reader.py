@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import peer_lengths, print_table
 
 import laden
+from laden.collate.samples import SourceSamples
+from laden.files.write import write_batches
 from laden.lengths import build_lengths
 from laden.plan import BatchPlan
-from laden.samples import SourceSamples
-from laden.writing import write_batches
 
 
 def trained_tokenizer(kernel: laden.Kernel, root: Path, data: Path) -> object:

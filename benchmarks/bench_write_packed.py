@@ -29,9 +29,9 @@ from bench_reader import trained_tokenizer
 from common import print_table
 
 import laden
+from laden.files.write import load_manifest, write_batches
 from laden.lengths import build_lengths
 from laden.plan import BatchPlan
-from laden.writing import load_manifest, write_batches
 
 
 def main() -> None:

@@ -19,11 +19,11 @@ from laden.errors import (
     RegistryError,
     UnknownStrategyError,
 )
+from laden.files.read import BatchReader
 from laden.hookspecs import hookimpl, hookspec
 from laden.kernel import Kernel, PluginInfo, default_kernel
 from laden.kinds import KINDS
 from laden.plan import BatchPlan, PlanCheck
-from laden.reader import BatchReader
 from laden.records import BatchSpec, EpochPlan, LengthTable, PackPlan
 from laden.registry import Entry, Registry
 

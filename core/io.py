@@ -166,7 +166,7 @@ ARTIFACT_KINDS = {
     "laden.plan": "batch plan",
     "laden.batches": "batch file directory",
     "laden.shards": "directory of rank-R plan shards",
-    "laden.demo": "laden demo output",
+    "laden.cli.demo": "laden demo output",
 }
 _RANK_DIR = re.compile(r"^rank-\d+$")
 
@@ -210,7 +210,7 @@ def artifact_kind(path: str | os.PathLike[str]) -> str | None:
     if kind is not None:
         return kind
     if (root / "stdlib.jsonl").is_file() and _kind_of_meta(root / "lengths") == "laden.lengths":
-        return "laden.demo"  # written by a demo from before its marker file
+        return "laden.cli.demo"  # written by a demo from before its marker file
     entries = list(root.iterdir())
     ranks = [e for e in entries if _RANK_DIR.match(e.name)]
     ours = all(

@@ -113,7 +113,7 @@ class PlanDataset:
     """Map-style: unit ``i`` (a sample, or a pack when ``pack`` is given), collated.
 
     :param samples: token ids by sample index: a
-        :class:`~laden.samples.SourceSamples` (reads the JSONL rows of a batch
+        :class:`~laden.collate.samples.SourceSamples` (reads the JSONL rows of a batch
         at their byte offsets), a :class:`~laden.collate.Ragged`, or any
         mapping or sequence :func:`~laden.collate.collate` takes.
     :param lengths: the length of every unit (``table.length``, or the packs'

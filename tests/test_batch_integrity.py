@@ -23,10 +23,8 @@ from hypothesis import strategies as st
 import laden
 from laden.cli import build_cli
 from laden.collate import BatchLayout
-from laden.lengths import build_lengths
-from laden.plan import BatchPlan
-from laden.samples import SourceSamples
-from laden.writing import (
+from laden.collate.samples import SourceSamples
+from laden.files.write import (
     LOCK,
     OutputBusyError,
     content_digest,
@@ -34,6 +32,8 @@ from laden.writing import (
     verify_directory,
     write_batches,
 )
+from laden.lengths import build_lengths
+from laden.plan import BatchPlan
 
 from .test_writing import contents, make_corpus, write, write_args
 
@@ -286,7 +286,7 @@ def test_the_lock_dies_with_its_holder(corpus: dict[str, Any], tmp_path: Path) -
                 f"""
                 import sys, time
                 from pathlib import Path
-                from laden.writing import _exclusive
+                from laden.files.write import _exclusive
                 with _exclusive(Path({str(out)!r})):
                     print("locked", flush=True)
                     time.sleep(120)
@@ -415,8 +415,8 @@ def test_tokenize_once_with_workers_and_on_resume(
 
 
 def test_token_file_widens_for_ids_beyond_int32(tmp_path: Path) -> None:
+    from laden.files.write import _Context, _SharedTokens, _tokenize_ahead
     from laden.records import LengthTable
-    from laden.writing import _Context, _SharedTokens, _tokenize_ahead
 
     rows = [
         {"input_ids": [1, 2, 3]},

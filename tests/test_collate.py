@@ -235,8 +235,8 @@ def test_numpy_backend_through_the_kernel(kernel: laden.Kernel) -> None:
 
 
 def test_source_samples_read_only_the_batch(kernel: laden.Kernel, tmp_path: Any) -> None:
+    from laden.collate.samples import SourceSamples
     from laden.lengths import build_lengths
-    from laden.samples import SourceSamples
 
     data = tmp_path / "data.jsonl"
     data.write_text(
@@ -373,9 +373,9 @@ def test_torch_takes_narrow_ids_in_embeddings_and_int64_labels_in_losses() -> No
 def test_written_batch_files_hold_int32_token_columns(kernel: laden.Kernel, tmp_path: Any) -> None:
     import json
 
+    from laden.files.write import write_batches
     from laden.lengths import build_lengths
     from laden.plan import BatchPlan
-    from laden.writing import write_batches
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"text": "ab" * (i + 1)}) + "\n" for i in range(20)))

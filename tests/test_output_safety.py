@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import laden
 from laden.cli import build_cli
-from laden.demo import MARKER, claim_output
+from laden.cli.demo import MARKER, claim_output
 from laden.io import (
     artifact_kind,
     atomic_directory,
@@ -252,11 +252,11 @@ def test_demo_owns_only_its_own_folder(kernel: laden.Kernel, tmp_path: Path) -> 
     assert (fresh / MARKER).is_file()
     write_json(fresh / "report.json", {"old": True})
     assert claim_output(fresh) == fresh
-    assert artifact_kind(fresh) == "laden.demo"
+    assert artifact_kind(fresh) == "laden.cli.demo"
     (fresh / MARKER).unlink()  # a demo folder from before the marker: still the demo's
     save_lengths(laden.LengthTable.from_lengths([1]), fresh / "lengths")
     (fresh / "stdlib.jsonl").write_text("")
-    assert artifact_kind(fresh) == "laden.demo"
+    assert artifact_kind(fresh) == "laden.cli.demo"
 
 
 def test_write_force_and_resume_touch_only_batch_files(kernel: laden.Kernel, project: Path) -> None:

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import laden
+import laden.plan.build
 from laden.plan import BatchPlan
 from laden.testing import registered
 
@@ -273,7 +274,7 @@ def test_saving_does_not_lose_an_existing_plan_on_failure(
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(laden.plan, "write_json", full)
+    monkeypatch.setattr(laden.plan.build, "write_json", full)
     with pytest.raises(OSError, match="No space left"):
         BatchPlan.build(peer_table(1_000), budget(kernel), epochs=2).save(root)
     assert sorted(os.listdir(root)) == before

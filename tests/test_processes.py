@@ -28,12 +28,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import laden
+from laden.files.write import verify_directory
 from laden.lengths import build_lengths, load_lengths
 from laden.plan import BatchPlan
 from laden.plugins.sources.jsonl import MIN_CHUNK_BYTES, MIN_CHUNKS
 from laden.progress import CLEAR_TO_EOL, Progress
 from laden.serde import canonical_json, digest
-from laden.writing import verify_directory
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LADEN = [sys.executable, "-c", "import slow_laden; slow_laden.main()"]

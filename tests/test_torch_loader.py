@@ -14,9 +14,9 @@ import pytest
 
 import laden
 from laden.collate import Ragged
+from laden.collate.samples import SourceSamples
 from laden.lengths import build_lengths
 from laden.plan import BatchPlan
-from laden.samples import SourceSamples
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 
 import laden
 from laden.cli import build_cli
+from laden.files.write import content_digest, load_manifest, verify_directory, write_batches
 from laden.lengths import build_lengths
 from laden.plan import BatchPlan
 from laden.testing import registered
-from laden.writing import content_digest, load_manifest, verify_directory, write_batches
 
 
 def make_corpus(root: Path, n: int = 240, seed: int = 3) -> dict[str, Any]:

@@ -35,6 +35,7 @@ __all__ = [
     "Ragged",
     "collate",
     "dense_segment_mask",
+    "host_dtypes",
 ]
 
 #: The label that losses skip (PyTorch's ``cross_entropy`` default ``ignore_index``).

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from laden.errors import DataError
-from laden.writing import _identity_problem, load_manifest
+from laden.files.write import _identity_problem, load_manifest
 
 __all__ = ["BatchReader"]
 

@@ -9,8 +9,8 @@ from typing import Any
 import attrs
 import click
 
-from laden.cli import emit_json
-from laden.cli_data import _kernel
+from laden.cli.data import _kernel
+from laden.cli.main import emit_json
 from laden.config import load_config
 from laden.errors import DataError
 from laden.io import prepare_output, remove_artifact

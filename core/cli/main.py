@@ -184,10 +184,10 @@ def build_cli(kernel: Kernel) -> click.Group:
         """laden: turn training data into batches, fast and reproducibly."""
         ctx.obj = kernel
 
-    from laden.cli_data import analyze_command, lengths_group, suggest_command
-    from laden.cli_plan import plan_group
-    from laden.cli_write import verify_command, write_command
-    from laden.demo import demo_command
+    from laden.cli.data import analyze_command, lengths_group, suggest_command
+    from laden.cli.demo import demo_command
+    from laden.cli.plan import plan_group
+    from laden.cli.write import verify_command, write_command
 
     for command in (
         plugins_command,

@@ -41,11 +41,11 @@ import attrs
 import numpy as np
 
 from laden.collate import BatchLayout
+from laden.collate.samples import SourceSamples
 from laden.errors import ConfigError, DataError, LadenError, add_note
 from laden.io import atomic_open, file_digest, plain_json, read_json, write_json
 from laden.plan import BatchPlan
 from laden.records import LengthTable, array_digest, csr_take
-from laden.samples import SourceSamples
 from laden.serde import config_of
 
 __all__ = [
@@ -102,7 +102,7 @@ def file_checksums(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> tup
 
     ``blake2b`` is the manifest's file checksum (what ``laden verify`` checks,
     equal to :func:`laden.io.file_digest`); ``crc32`` is the cheap one
-    :class:`~laden.reader.BatchReader` checks on every read.
+    :class:`~laden.files.read.BatchReader` checks on every read.
     """
     h = hashlib.blake2b(digest_size=16)
     crc = size = 0

@@ -24,7 +24,7 @@ from laden.analysis import (
     recommendations,
     suggest_report,
 )
-from laden.cli import emit_json
+from laden.cli.main import emit_json
 from laden.errors import ConfigError, DataError
 from laden.io import prepare_output_file
 from laden.kernel import Kernel

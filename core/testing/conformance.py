@@ -1,58 +1,17 @@
-"""Test helpers for laden and its plugin authors (also a ``pytest11`` plugin).
+"""Conformance checks: any strategy, ours or a third party's, held to the same contract.
 
-Fixtures:
-
-- ``kernel``: a kernel with laden's builtins only (no third-party autoload),
-  so tests do not depend on what else is installed.
-- ``make_kernel``: a factory, ``make_kernel(plugins=[...], autoload=False)``.
-
-Helpers: :func:`registered` registers an ad-hoc plugin object for the length
-of a ``with`` block. Conformance checks (``check_sampler``, ``check_packer``,
-...) live here too, so any strategy, ours or a third party's, can be held to
-the same contract.
+``check_sampler``, ``check_packer``, ``check_backend``, ... each run a
+strategy class through hypothesis-generated inputs and assert every rule its
+kind's protocol in :mod:`laden.kinds` states.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import pytest
 
-from laden.kernel import Kernel
-
-__all__ = ["check_backend", "check_packer", "check_sampler", "kernel", "make_kernel", "registered"]
-
-
-@contextmanager
-def registered(kernel: Kernel, plugin: object, name: str | None = None) -> Iterator[str]:
-    """Register ``plugin`` on ``kernel`` inside the block; always unregister after."""
-    plugin_name = kernel.register(plugin, name=name)
-    try:
-        yield plugin_name
-    finally:
-        kernel.unregister(plugin)
-
-
-@pytest.fixture
-def make_kernel() -> Callable[..., Kernel]:
-    """A factory for kernels with chosen plugins; builtins load, third parties do not."""
-
-    def factory(
-        plugins: Sequence[object] = (), *, autoload: bool = False, disable: Iterable[str] = ()
-    ) -> Kernel:
-        return Kernel(plugins=plugins, autoload=autoload, disable=disable)
-
-    return factory
-
-
-@pytest.fixture
-def kernel(make_kernel: Callable[..., Kernel]) -> Kernel:
-    """A kernel with laden's builtin plugins only."""
-    result: Kernel = make_kernel()
-    return result
+__all__ = ["check_backend", "check_packer", "check_sampler"]
 
 
 # ---------------------------------------------------------------- conformance

@@ -8,14 +8,14 @@ from typing import Any
 
 import click
 
-from laden.cli import emit_json
-from laden.cli_data import _kernel, _options
+from laden.cli.data import _kernel, _options
+from laden.cli.main import emit_json
 from laden.errors import ConfigError, DataError
+from laden.files.write import verify_directory, write_batches
 from laden.io import ARTIFACT_KINDS, artifact_kind, prepare_output
 from laden.kernel import Kernel
 from laden.plan import BatchPlan
 from laden.progress import Progress
-from laden.writing import verify_directory, write_batches
 
 
 def tokenizer_of(kernel: Kernel, meta: dict[str, Any], options: dict[str, Any]) -> Any:

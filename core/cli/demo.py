@@ -81,9 +81,9 @@ def write_stdlib_dataset(
 def claim_output(output: Path) -> Path:
     """Make ``output`` the demo's folder: it must be new, empty or a previous demo's
     (marked by :data:`MARKER`); anything else is a ConfigError, and left untouched."""
-    prepare_output(output, "laden.demo", force=True, option="--output")
+    prepare_output(output, "laden.cli.demo", force=True, option="--output")
     output.mkdir(parents=True, exist_ok=True)
-    write_json(output / MARKER, {"kind": "laden.demo"})
+    write_json(output / MARKER, {"kind": "laden.cli.demo"})
     return output
 
 
@@ -136,9 +136,9 @@ def demo_command(
         suggest_report,
     )
     from laden.collate import BatchLayout
+    from laden.collate.samples import SourceSamples
     from laden.lengths import build_lengths
     from laden.plan import BatchPlan
-    from laden.samples import SourceSamples
 
     kernel = ctx.find_object(Kernel)
     assert kernel is not None
