@@ -47,10 +47,11 @@ server reports when the game starts: easy puzzles fall in [0, 1/3], medium in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar
 
 import attrs
@@ -452,7 +453,7 @@ class PuzzleArcadeSource:
 
     async def stream_chunks(
         self, stats: ArcadeStats | None = None
-    ) -> AsyncIterator[list[dict[str, Any]]]:
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
         """The samples of each episode as one list, in episode order."""
         stats = stats if stats is not None else ArcadeStats()
         episodes = self.episodes()
@@ -510,9 +511,12 @@ class PuzzleArcadeSource:
 
     async def stream(self, stats: ArcadeStats | None = None) -> AsyncIterator[dict[str, Any]]:
         """The samples one at a time (see :meth:`stream_chunks`)."""
-        async for chunk in self.stream_chunks(stats):
-            for sample in chunk:
-                yield sample
+        # aclosing: a consumer that stops early closes the episode workers now, not at
+        # loop shutdown (where their tasks would be destroyed while pending).
+        async with contextlib.aclosing(self.stream_chunks(stats)) as chunks:
+            async for chunk in chunks:
+                for sample in chunk:
+                    yield sample
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self.stream()

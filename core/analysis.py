@@ -1,4 +1,9 @@
-"""Length and batch analysis: histograms, percentiles, bucket efficiency, batch metrics."""
+"""Length and batch analysis: histograms, percentiles, bucket efficiency, batch metrics.
+
+:func:`compare_batching` plans one epoch of a length table with a token-budget
+sampler, random fixed-size batches and (optionally) packed rows, with the
+metrics of each: what ``laden analyze`` and ``laden demo`` report.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,31 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import attrs
 import numpy as np
 
 from laden.batching import padding_to_edges, suggest_bucket_edges
 from laden.errors import MissingDependencyError
 from laden.io import atomic_write_bytes
-from laden.records import EpochPlan, PackPlan
+from laden.records import EpochPlan, LengthTable, PackPlan
+
+if TYPE_CHECKING:
+    from laden.kernel import Kernel
 
 __all__ = [
+    "BatchingComparison",
+    "analyze_report",
     "ascii_counts",
     "ascii_histogram",
     "batch_metrics",
     "bucket_report",
+    "compare_batching",
     "length_stats",
     "over_budget_line",
     "over_budget_report",
+    "packed_batch_metrics",
     "packing_metrics",
     "plot_histogram",
     "recommendations",
@@ -247,6 +260,19 @@ def packing_metrics(plan: PackPlan) -> dict[str, Any]:
     }
 
 
+def packed_batch_metrics(plan: EpochPlan, pack_plan: PackPlan) -> dict[str, Any]:
+    """:func:`batch_metrics` of an epoch plan over packed rows of ``pack_plan``.
+
+    A packed row is padded to the pack length, not to the longest pack of its
+    batch, so padding and efficiency are counted against ``rows * max_length``.
+    """
+    metrics = batch_metrics(plan, pack_plan.pack_lengths)
+    metrics["padded_tokens"] = int(plan.order.size) * pack_plan.max_length
+    metrics["padding_tokens"] = metrics["padded_tokens"] - int(pack_plan.seg_length.sum())
+    metrics["efficiency"] = pack_plan.efficiency
+    return metrics
+
+
 def over_budget_report(lengths: np.ndarray, limit: int, overflow: str) -> dict[str, Any]:
     """Samples longer than ``limit`` tokens and what the overflow policy does with them.
 
@@ -308,3 +334,120 @@ def ascii_counts(counts: dict[int, int], *, width: int = 40, bars: int = 12) -> 
         f"{label:>{pad}} {value:>9,} {'#' * max(round(width * value / top), 1) if value else ''}"
         for label, value in zip(labels, sums.tolist(), strict=True)
     ]
+
+
+# ------------------------------------------------------------- comparisons
+
+
+@attrs.frozen(kw_only=True)
+class BatchingComparison:
+    """One epoch of a length table batched three ways, with the metrics of each.
+
+    ``budget`` is the token-budget sampler's plan, ``fixed`` random fixed-size
+    batches of ``fixed_batch_size`` (about as many samples per batch), and,
+    when a packer was given, ``packed`` the packer's rows batched by the same
+    token budget (no bucket edges). ``*_metrics`` are :func:`batch_metrics`
+    (:func:`packed_batch_metrics` for packed rows); ``packing`` is
+    :func:`packing_metrics` of ``pack_plan``.
+    """
+
+    token_budget: int
+    budget: EpochPlan
+    budget_metrics: dict[str, Any]
+    fixed_batch_size: int
+    fixed: EpochPlan
+    fixed_metrics: dict[str, Any]
+    pack_plan: PackPlan | None = None
+    packing: dict[str, Any] | None = None
+    packed: EpochPlan | None = None
+    packed_metrics: dict[str, Any] | None = None
+
+    @property
+    def fixed_over_budget(self) -> int:
+        """Random fixed-size batches whose padded size exceeds the token budget."""
+        padded = self.fixed.batch_sizes * self.fixed.max_length
+        return int((padded > self.token_budget).sum())
+
+
+def compare_batching(
+    table: LengthTable,
+    sampler: Any,
+    *,
+    kernel: Kernel,
+    packer: Any = None,
+    seed: int = 0,
+    fixed_batch_size: Literal["median", "mean"] = "median",
+) -> BatchingComparison:
+    """Plan one epoch of ``table`` with ``sampler`` and compare it with the alternatives.
+
+    Every plan is made through ``kernel.plan_epoch`` (so announced through
+    ``laden_plan_built``); the fixed-size and packed-rows samplers are created
+    by ``kernel``.
+
+    :param sampler: a ``token_budget`` sampler strategy.
+    :param packer: a packer strategy: also pack the samples into rows and batch
+        the rows by the same budget.
+    :param fixed_batch_size: the size of the random fixed-size batches: the
+        ``median`` size of the budget plan's batches, or the ``mean`` (samples
+        over batches).
+    """
+    budget = kernel.plan_epoch(sampler, table, seed=seed)
+    if fixed_batch_size == "median":
+        size = max(int(np.median(budget.batch_sizes)) if len(budget) else 1, 1)
+    else:
+        size = max(round(len(table) / max(len(budget), 1)), 1)
+    fixed_sampler = kernel.create("sampler", {"name": "fixed", "batch_size": size})
+    fixed = kernel.plan_epoch(fixed_sampler, table, seed=seed)
+    result = BatchingComparison(
+        token_budget=sampler.token_budget,
+        budget=budget,
+        budget_metrics=batch_metrics(budget, table.length),
+        fixed_batch_size=size,
+        fixed=fixed,
+        fixed_metrics=batch_metrics(fixed, table.length),
+    )
+    if packer is None:
+        return result
+    pack_plan = packer.pack(table)
+    rows_sampler = kernel.create(
+        "sampler", {"name": "token_budget", "token_budget": sampler.token_budget}
+    )
+    packed = kernel.plan_epoch(rows_sampler, pack_plan.to_length_table(), seed=seed)
+    return attrs.evolve(
+        result,
+        pack_plan=pack_plan,
+        packing=packing_metrics(pack_plan),
+        packed=packed,
+        packed_metrics=packed_batch_metrics(packed, pack_plan),
+    )
+
+
+def analyze_report(
+    table: LengthTable, sampler: Any, comparison: BatchingComparison
+) -> dict[str, Any]:
+    """What ``laden analyze --json`` prints: lengths, buckets, advice and plan metrics.
+
+    :param sampler: the ``token_budget`` sampler ``comparison`` was made with; its
+        bucket edges are the ones reported on, its overflow policy the one
+        ``over_budget`` describes.
+    :param comparison: :func:`compare_batching` of ``table``; with a packer, its
+        ``packing`` is reported too.
+    """
+    edges = [int(e) for e in sampler.bucket_edges]
+    result: dict[str, Any] = {
+        "lengths": length_stats(table.length),
+        "bucket_edges": edges,
+        "buckets": bucket_report(table.length, edges),
+        "recommendations": recommendations(table.length, edges),
+        "over_budget": over_budget_report(
+            table.length, sampler.max_sample_length, sampler.overflow
+        ),
+        "token_budget_plan": comparison.budget_metrics,
+        "random_fixed_plan": {
+            "batch_size": comparison.fixed_batch_size,
+            **comparison.fixed_metrics,
+        },
+    }
+    if comparison.packing is not None:
+        result["packing"] = comparison.packing
+    return result

@@ -1,8 +1,12 @@
-"""Vectorized batching primitives shared by samplers and analysis.
+"""Vectorized batching primitives shared by samplers and analysis, and integer dtypes.
 
 Bucket edges are inclusive upper bounds: with edges ``(256, 1024)`` bucket 0
 holds lengths ``<= 256``, bucket 1 lengths in ``(256, 1024]`` and bucket 2
 (the overflow bucket) everything longer.
+
+The narrowest-dtype choices live here, once: :func:`smallest_uint` (sort
+keys, stored plan columns through :func:`narrowest`) and
+:func:`smallest_int` (token columns: int32 unless a value needs int64).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import numpy as np
 
 __all__ = [
     "cut_descending",
+    "narrowest",
     "padding_to_edges",
     "smallest_int",
     "smallest_uint",
@@ -38,6 +43,18 @@ def smallest_int(*values: int) -> np.dtype[np.signedinteger]:
     if all(info.min <= v <= info.max for v in values):
         return np.dtype(np.int32)
     return np.dtype(np.int64)
+
+
+def narrowest(values: np.ndarray) -> np.ndarray:
+    """Non-negative integers in the narrowest unsigned dtype (smaller files).
+
+    Values with a negative one are returned as int64 instead.
+    """
+    values = np.asarray(values)
+    top = int(values.max(initial=0))
+    if values.size and int(values.min()) < 0:
+        return values.astype(np.int64)
+    return values.astype(smallest_uint(top))
 
 
 def padding_to_edges(lengths: np.ndarray, edges: np.ndarray | tuple[int, ...]) -> int:

@@ -69,10 +69,14 @@ class RunConfig:
     def from_mapping(
         cls, data: Mapping[str, Any], *, kernel: Kernel | None = None, source: str | None = None
     ) -> RunConfig:
-        """Validate ``data`` (as read from a file) and build its strategies."""
-        from laden.kernel import default_kernel
+        """Validate ``data`` (as read from a file) and build its strategies.
 
-        kernel = kernel or default_kernel()
+        :param kernel: the plugins whose strategies ``data`` may name (default:
+            laden's builtins only, :func:`~laden.kernel.builtin_kernel`).
+        """
+        from laden.kernel import builtin_kernel
+
+        kernel = kernel or builtin_kernel()
         if not isinstance(data, Mapping):
             raise ConfigError(f"expected a table of sections, got {data!r}", source=source)
         strategies: dict[str, Any] = {}
@@ -139,5 +143,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_config(path: str | os.PathLike[str], *, kernel: Kernel | None = None) -> RunConfig:
-    """Load and validate a run config; errors name the file and the key path."""
+    """Load and validate a run config; errors name the file and the key path.
+
+    ``kernel`` names the plugins it may use (default: laden's builtins only).
+    """
     return RunConfig.from_mapping(read_config_file(path), kernel=kernel, source=str(path))

@@ -1,8 +1,8 @@
-"""Crash-safe files: temporary name, fsync, rename; zstd-compressed, checksummed arrays."""
+"""Crash-safe files: temporary name, fsync, rename; zstd-compressed, checksummed arrays;
+output directories laden may replace, and the format-version check of every artifact."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import zstandard
 
+from laden.digest import bytes_digest, file_digest, hasher  # file_digest: re-exported
 from laden.errors import ConfigError, DataError, LadenError
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "atomic_directory",
     "atomic_open",
     "atomic_write_bytes",
+    "check_format",
     "file_digest",
     "plain_json",
     "prepare_output",
@@ -167,14 +169,18 @@ ARTIFACT_KINDS = {
     "laden.batches": "batch file directory",
     "laden.shards": "directory of rank-R plan shards",
     "laden.cli.demo": "laden demo output",
+    "laden.replay_buffer": "saved replay buffer",
+    "laden.stream": "stream collection",
 }
+#: Kinds whose first files were written before the ``kind`` field (recognised without it).
+_KINDLESS = frozenset({"laden.lengths", "laden.plan", "laden.batches"})
 _RANK_DIR = re.compile(r"^rank-\d+$")
 
 
 def _kind_of_meta(directory: Path) -> str | None:
     """The kind recorded in (or, for artifacts older than the ``kind`` field,
     recognised by the keys of) a directory's meta file; None when it is none."""
-    for name in ("meta.json", "manifest.json", ".laden-demo"):
+    for name in ("meta.json", "manifest.json", ".laden-demo", "collect.json"):
         path = directory / name
         if not path.is_file():
             continue
@@ -338,13 +344,40 @@ def prepare_output_file(
     return target
 
 
-def file_digest(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
-    """blake2b of a file's bytes, read in chunks."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def check_format(
+    meta: Any, *, kind: str, version: int, file: str | os.PathLike[str] | None = None
+) -> int:
+    """The ``format_version`` of an artifact's metadata, checked: the one rule every
+    artifact (length cache, plan, batch manifest, replay buffer, ...) is read by.
+
+    A DataError naming ``file`` when ``meta`` is no mapping, holds another ``kind``
+    (kinds older than the field may lack it), or has no ``format_version``, one
+    below 1, or one newer than ``version`` (this laden's).
+
+    :param kind: a key of :data:`ARTIFACT_KINDS`.
+    :param version: the newest format version this laden reads (and writes).
+    """
+    noun = ARTIFACT_KINDS[kind]
+    where = None if file is None else str(file)
+    if not isinstance(meta, Mapping):
+        raise DataError(f"not a {noun} (its metadata is no JSON object)", file=where)
+    found = meta.get("kind")
+    if found != kind and (found is not None or kind not in _KINDLESS):
+        said = "no kind" if found is None else f"kind {found!r}"
+        raise DataError(f"not a {noun} ({said}, expected {kind!r})", file=where)
+    found_version = meta.get("format_version")
+    if isinstance(found_version, bool) or not isinstance(found_version, int):
+        said = "no format_version" if found_version is None else f"format_version {found_version!r}"
+        raise DataError(f"not a {noun} ({said})", file=where)
+    if found_version > version:
+        raise DataError(
+            f"format_version {found_version} is newer than this laden reads ({version}); "
+            "upgrade laden",
+            file=where,
+        )
+    if found_version < 1:
+        raise DataError(f"format_version {found_version} is not one laden wrote", file=where)
+    return found_version
 
 
 def write_array(directory: Path, name: str, array: np.ndarray, *, level: int = 3) -> dict[str, Any]:
@@ -364,7 +397,7 @@ def write_array(directory: Path, name: str, array: np.ndarray, *, level: int = 3
         "file": f"{name}.zst",
         "dtype": a.dtype.str,
         "shape": list(a.shape),
-        "blake2b": hashlib.blake2b(raw, digest_size=16).hexdigest(),
+        "blake2b": bytes_digest(raw),
     }
 
 
@@ -379,7 +412,7 @@ def read_array(directory: Path, info: Mapping[str, Any], *, chunk: int = 8 << 20
     out = np.empty(info["shape"], dtype=dtype)
     view = memoryview(out.reshape(-1)).cast("B")  # type: ignore[arg-type]
     expected = view.nbytes
-    h = hashlib.blake2b(digest_size=16)
+    h = hasher()
     try:
         with open(path, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as reader:
             done = 0

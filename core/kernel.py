@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -18,7 +18,7 @@ from laden.kinds import KINDS, hook_name
 from laden.registry import Registry
 from laden.serde import make_converter, structure_config
 
-__all__ = ["Kernel", "PluginInfo", "default_kernel"]
+__all__ = ["Kernel", "PluginInfo", "builtin_kernel", "default_kernel"]
 
 BUILTIN_DIST = "laden"
 
@@ -215,31 +215,20 @@ class Kernel:
         self.hook.laden_plan_built(plan=plan, kernel=self)
         return plan
 
-    def iter_batches(
-        self,
-        plan: Any,
-        collate: Callable[[Any], Mapping[str, Any]],
-        *,
-        backend: Any = None,
-        start: int = 0,
-    ) -> Iterator[Mapping[str, Any]]:
-        """Collate each batch of an epoch plan from ``start`` on and convert it on ``backend``.
-
-        Every batch is announced through ``laden_batch_produced`` just before it
-        is yielded.
-
-        :param collate: turns a ``BatchSpec`` into host arrays.
-        :param backend: a backend strategy (default: ``numpy``).
-        """
-        backend = backend if backend is not None else self.create("backend", "numpy")
-        for step in range(start, len(plan)):
-            batch = backend.convert(collate(plan[step]))
-            self.hook.laden_batch_produced(batch=batch, epoch=plan.epoch, step=step, kernel=self)
-            yield batch
-
     def __repr__(self) -> str:
         names = ", ".join(sorted(n for n, _ in self.pm.list_name_plugin()))
         return f"<Kernel plugins: {names}>"
+
+
+def builtin_kernel() -> Kernel:
+    """A new kernel with laden's own builtin plugins only (``autoload=False``).
+
+    What library code falls back on when its caller passed neither ``kernel=``
+    nor the strategy: the ``numpy`` backend, the ``local`` executor, the writer
+    a manifest names. It never imports a third-party distribution and keeps no
+    process-wide state; pass ``kernel=`` to use other plugins.
+    """
+    return Kernel(autoload=False)
 
 
 _default: Kernel | None = None
@@ -248,7 +237,9 @@ _default: Kernel | None = None
 def default_kernel() -> Kernel:
     """A process-wide kernel with every installed plugin, created on first use.
 
-    For convenience only: libraries and tests should build their own ``Kernel``.
+    The convenience layer for scripts and notebooks: library code never calls it
+    (it takes ``kernel=`` or falls back on :func:`builtin_kernel`), and tests
+    build their own ``Kernel``.
     """
     global _default
     if _default is None:

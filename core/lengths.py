@@ -16,24 +16,25 @@ missing or empty directory, or a previous length cache, is ever replaced.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
 
+from laden.digest import file_digest
 from laden.errors import ConfigError, DataError, add_note
 from laden.io import (
     ARTIFACT_KINDS,
     artifact_kind,
     atomic_directory,
     atomic_open,
-    file_digest,
+    check_format,
     plain_json,
     prepare_output,
     read_array,
@@ -42,9 +43,21 @@ from laden.io import (
     write_json,
 )
 from laden.progress import Progress
-from laden.records import LengthTable, offsets_from_sizes
+from laden.records import ChunkMeasure, LengthTable, offsets_from_sizes
 
-__all__ = ["FORMAT_VERSION", "KIND", "build_lengths", "load_lengths", "save_lengths"]
+if TYPE_CHECKING:
+    from laden.kernel import Kernel
+    from laden.kinds import IndexedSource
+
+__all__ = [
+    "FORMAT_VERSION",
+    "KIND",
+    "build_lengths",
+    "load_lengths",
+    "save_lengths",
+    "source_of",
+    "tokenizer_of",
+]
 
 FORMAT_VERSION = 1
 #: The ``kind`` in a length cache's meta.json.
@@ -109,12 +122,7 @@ def load_lengths(directory: str | os.PathLike[str]) -> LengthTable:
     meta = read_json(root / "meta.json")
     if not isinstance(meta, dict) or "columns" not in meta:
         raise DataError("is not a length cache (no columns)", file=str(root / "meta.json"))
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise DataError(
-            f"format_version {version!r} is not supported (expected {FORMAT_VERSION})",
-            file=str(root / "meta.json"),
-        )
+    check_format(meta, kind=KIND, version=FORMAT_VERSION, file=root / "meta.json")
     infos = meta.pop("columns")
     meta.pop("kind", None)
     meta["cache_path"] = os.path.abspath(root)  # where this copy was read: plans record it
@@ -172,22 +180,6 @@ _HASH_BAR_BYTES = 256 << 20
 _PARTIAL_KIND = "laden.lengths.partial"
 
 
-@attrs.frozen(kw_only=True, eq=False)
-class _SavedChunk:
-    """A measured byte range read back from the work directory (the fields build_lengths uses)."""
-
-    start: int
-    lines: int
-    length: np.ndarray
-    offset: np.ndarray
-    line: np.ndarray
-    key: np.ndarray | None
-    ids: list[Any] | None
-    has_id: np.ndarray
-    errors: list[tuple[int, str]]
-    blank: int
-
-
 def _pack_strings(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
     encoded = [v.encode("utf-8", "surrogatepass") for v in values]
     sizes = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
@@ -210,7 +202,7 @@ def _chunk_name(start: int, end: int) -> str:
 _savez: Any = np.savez
 
 
-def _save_chunk(workdir: Path, start: int, end: int, part: Any) -> None:
+def _save_chunk(workdir: Path, start: int, end: int, part: ChunkMeasure) -> None:
     """Keep one measured range (best effort: a failure only means measuring it again)."""
     arrays: dict[str, np.ndarray] = {
         "counts": np.asarray([part.start, part.lines, part.blank], dtype=np.int64),
@@ -238,7 +230,7 @@ def _save_chunk(workdir: Path, start: int, end: int, part: Any) -> None:
         pass
 
 
-def _load_chunk(workdir: Path, start: int, end: int) -> _SavedChunk | None:
+def _load_chunk(workdir: Path, start: int, end: int) -> ChunkMeasure | None:
     """A kept range, or None when it is missing or unreadable (then it is measured again)."""
     path = workdir / _chunk_name(start, end)
     if not path.is_file():
@@ -259,7 +251,7 @@ def _load_chunk(workdir: Path, start: int, end: int) -> _SavedChunk | None:
                 for k, t in zip(kinds, texts, strict=True)
             ]
         reasons = _unpack_strings(a["error_blob"], a["error_offsets"])
-        return _SavedChunk(
+        return ChunkMeasure(
             start=first,
             lines=lines,
             length=a["length"],
@@ -327,20 +319,12 @@ def _remove_partial(workdir: Path) -> None:
         workdir.rmdir()
 
 
-def _digest(path: str, progress: bool | None) -> str:
-    """The dataset's digest, with a transient bar for a big file."""
-    size = os.path.getsize(path)
+def _digest(source: IndexedSource, size: int, progress: bool | None) -> str:
+    """The dataset's digest (its fingerprint), with a transient bar for a big file."""
     if size < _HASH_BAR_BYTES:
-        return file_digest(path)
-    h = hashlib.blake2b(digest_size=16)
-    with (
-        Progress(size, "hashing", enabled=progress, unit="bytes", leave=False) as bar,
-        open(path, "rb") as f,
-    ):
-        while block := f.read(8 << 20):
-            h.update(block)
-            bar.update(len(block))
-    return h.hexdigest()
+        return source.fingerprint()
+    with Progress(size, "hashing", enabled=progress, unit="bytes", leave=False) as bar:
+        return source.fingerprint(progress=bar.update)
 
 
 def _absolute(settings: dict[str, Any]) -> dict[str, Any]:
@@ -355,7 +339,9 @@ def _source_settings(source: Any) -> dict[str, Any]:
     from laden.serde import config_of
 
     settings = config_of(source)
-    settings.pop("chunk_bytes", None)  # how it is read, not what it holds
+    for field in attrs.fields(type(source)):
+        if field.metadata.get("identity") is False:  # how it is read, not what it holds
+            settings.pop(field.name, None)
     return _absolute(settings)
 
 
@@ -387,7 +373,7 @@ def _same_cache(cached: LengthTable, identity: dict[str, Any]) -> bool:
 
 
 def build_lengths(
-    source: Any,
+    source: IndexedSource,
     tokenizer: Any,
     *,
     output: str | os.PathLike[str] | None = None,
@@ -398,8 +384,9 @@ def build_lengths(
 ) -> LengthTable:
     """Measure every row of ``source`` with ``tokenizer`` into a :class:`LengthTable`.
 
-    Work is split into byte ranges and run on ``executor`` (default: ``local``
-    with one worker per CPU). With ``output``, the table is saved there, and a
+    Work is split into byte ranges and run on ``executor`` (default: the
+    builtin ``local`` executor, one worker per CPU). With ``output``, the
+    table is saved there, and a
     rerun whose dataset digest, tokenizer hash and source settings match reuses
     it without measuring again (``table.meta["reused"]`` says so). Paths are
     recorded absolute (the dataset's, a tokenizer file's, with digests), so the
@@ -414,14 +401,15 @@ def build_lengths(
     with the source's ``on_error = "skip"``, are left out and counted in
     ``meta["skipped"]`` (their lines in ``meta["skipped_lines"]``, first 100).
     """
-    from laden.kernel import default_kernel
+    from laden.kernel import builtin_kernel
 
-    dataset_digest = _digest(source.path, progress)
+    dataset_bytes = os.path.getsize(source.path)
+    dataset_digest = _digest(source, dataset_bytes, progress)
     tokenizer_config = _tokenizer_settings(tokenizer)
     identity: dict[str, Any] = {
         "dataset": os.path.abspath(source.path),
         "dataset_digest": dataset_digest,
-        "dataset_bytes": os.path.getsize(source.path),
+        "dataset_bytes": dataset_bytes,
         "tokenizer": type(tokenizer).name,
         "tokenizer_hash": tokenizer.fingerprint(),
         "tokenizer_config": tokenizer_config,
@@ -440,7 +428,7 @@ def build_lengths(
     if output is not None:  # refuse before measuring, not after
         prepare_output(output, KIND, force=overwrite)
     if executor is None:
-        executor = default_kernel().create("executor", "local")
+        executor = builtin_kernel().create("executor", "local")
     chunks = source.chunks()
     small = identity["dataset_bytes"] < INLINE_BYTES and getattr(executor, "workers", 0) is None
     if (len(chunks) <= 1 or small) and hasattr(executor, "workers"):
@@ -512,7 +500,57 @@ def build_lengths(
     return table
 
 
-def _assemble(source: Any, parts: list[tuple[Any, int]]) -> LengthTable:
+def source_of(
+    table: LengthTable,
+    *,
+    kernel: Kernel | None = None,
+    dataset: str | os.PathLike[str] | None = None,
+) -> Any:
+    """The source a length cache was measured on, rebuilt from its recorded settings.
+
+    :param table: a loaded length cache (its ``meta["source"]`` and ``meta["dataset"]``).
+    :param kernel: creates the source (default: :func:`~laden.kernel.builtin_kernel`).
+    :param dataset: the dataset's path when it moved (default: the recorded one).
+    """
+    from laden.kernel import builtin_kernel
+
+    config = dict(table.meta.get("source") or {"name": "jsonl"})
+    path = dataset if dataset is not None else table.meta.get("dataset", config.get("path"))
+    if path is None:
+        raise DataError("the length cache does not record its dataset; pass dataset=")
+    config["path"] = str(path)
+    return (kernel or builtin_kernel()).create("source", config, path=("source",))
+
+
+def tokenizer_of(
+    table: LengthTable,
+    *,
+    kernel: Kernel | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Any:
+    """The tokenizer a length cache was measured with, checked against its recorded hash.
+
+    :param table: a loaded length cache (its ``meta["tokenizer_config"]`` and hash).
+    :param kernel: creates the tokenizer (default: :func:`~laden.kernel.builtin_kernel`).
+    :param options: settings that override the recorded ones (``laden write -T``).
+    :raises ConfigError: the rebuilt tokenizer's hash is not the recorded one.
+    """
+    from laden.kernel import builtin_kernel
+
+    meta = table.meta
+    config = dict(meta.get("tokenizer_config") or {"name": meta.get("tokenizer", "bytes")})
+    config.update(options or {})
+    tokenizer = (kernel or builtin_kernel()).create("tokenizer", config, path=("tokenizer",))
+    if meta.get("tokenizer_hash") and tokenizer.fingerprint() != meta["tokenizer_hash"]:
+        raise ConfigError(
+            f"tokenizer {config} is not the one the lengths were measured with "
+            f"(hash {meta['tokenizer_hash']}); pass its settings with -T KEY=VALUE",
+            path=("tokenizer",),
+        )
+    return tokenizer
+
+
+def _assemble(source: IndexedSource, parts: list[tuple[ChunkMeasure, int]]) -> LengthTable:
     def cat(name: str) -> np.ndarray:
         arrays = [getattr(p, name) for p, _ in parts]
         return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
@@ -528,17 +566,15 @@ def _assemble(source: Any, parts: list[tuple[Any, int]]) -> LengthTable:
         key = np.concatenate([keys_of(p) for p, _ in parts])
         if (key < 0).any():
             first = _first_line(parts, lambda p: keys_of(p) < 0)
-            raise DataError(
-                f"row has no {source.key_field!r} while others do", file=source.path, line=first
-            )
+            name = source.field_name("key")
+            raise DataError(f"row has no {name!r} while others do", file=source.path, line=first)
     ids = None
     if any(p.ids is not None for p, _ in parts):
         has_id = cat("has_id").astype(bool)
         if not has_id.all():
             first = _first_line(parts, lambda p: ~p.has_id)
-            raise DataError(
-                f"row has no {source.id_field!r} while others do", file=source.path, line=first
-            )
+            name = source.field_name("id")
+            raise DataError(f"row has no {name!r} while others do", file=source.path, line=first)
         values = [v for p, _ in parts for v in (p.ids or [])]
         if all(isinstance(v, int) for v in values):
             ids = np.asarray(values, dtype=np.int64)

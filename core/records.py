@@ -2,27 +2,31 @@
 
 - :class:`LengthTable`: per-sample columns (``length``, optional ``key``,
   ``offset``, ``ids``).
+- :class:`ChunkMeasure`: the columns one byte range of an indexed source gave.
 - :class:`PackPlan`: packs in CSR form (``order`` + ``offsets``).
 - :class:`EpochPlan`: the batches of one epoch in CSR form, plus per-batch
   ``max_length`` and ``bucket``; :class:`BatchSpec` views are made on iteration.
+- :class:`Ragged`: variable-length rows (token ids, loss masks) in CSR form.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
 import numpy as np
 
+from laden.digest import array_digest  # re-exported: its home is laden.digest
 from laden.errors import ConfigError
 
 __all__ = [
     "BatchSpec",
+    "ChunkMeasure",
     "EpochPlan",
     "LengthTable",
     "PackPlan",
+    "Ragged",
     "array_digest",
     "csr_take",
     "offsets_from_sizes",
@@ -67,19 +71,30 @@ def csr_take(offsets: np.ndarray, rows: Any) -> tuple[np.ndarray, np.ndarray]:
     return where, new
 
 
-def array_digest(*arrays: np.ndarray | None, size: int = 16) -> str:
-    """A blake2b digest over arrays' dtypes, shapes and little-endian bytes."""
-    h = hashlib.blake2b(digest_size=size)
-    for array in arrays:
-        if array is None:
-            h.update(b"\x00none")
-            continue
-        a = np.ascontiguousarray(array)
-        if a.dtype.byteorder == ">":
-            a = a.astype(a.dtype.newbyteorder("<"))
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes() if a.dtype.kind != "U" else a.astype("U").tobytes())
-    return h.hexdigest()
+@attrs.frozen(kw_only=True, eq=False)
+class Ragged:
+    """Variable-length rows in CSR form: row ``i`` is ``values[offsets[i]:offsets[i+1]]``."""
+
+    values: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def from_sequences(cls, sequences: Sequence[Any], dtype: Any = np.int64) -> Ragged:
+        """Concatenate sequences (lists or arrays) into one buffer."""
+        arrays = [np.asarray(s, dtype=dtype).reshape(-1) for s in sequences]
+        offsets = offsets_from_sizes([a.size for a in arrays])
+        values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
+        return cls(values=values, offsets=offsets)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return int(self.offsets.size - 1)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.values[self.offsets[i] : self.offsets[i + 1]]
 
 
 def _length_column(values: Any) -> np.ndarray:
@@ -156,6 +171,26 @@ class LengthTable:
     def __repr__(self) -> str:
         cols = [c for c in ("key", "offset", "ids") if getattr(self, c) is not None]
         return f"<LengthTable {len(self):,} samples, {self.num_tokens:,} tokens, +{cols}>"
+
+
+@attrs.frozen(kw_only=True, eq=False)
+class ChunkMeasure:
+    """What measuring one byte range of an indexed source found: columns of its kept rows.
+
+    Returned by :meth:`laden.kinds.IndexedSource.measure` (in a worker);
+    :func:`laden.lengths.build_lengths` joins the ranges into a LengthTable.
+    """
+
+    start: int  # the range's first byte
+    lines: int  # lines in the range, blank and bad ones included
+    length: np.ndarray  # tokens per kept row
+    offset: np.ndarray  # byte offset of each kept row in the file
+    line: np.ndarray  # 0-based line within the range, per kept row
+    key: np.ndarray | None  # bucket keys (-1: none), or None when no row has one
+    ids: list[Any] | None  # sample ids (None: no id), or None when no row has one
+    has_id: np.ndarray  # bool per kept row
+    errors: list[tuple[int, str]]  # (line within the range, reason) per malformed row
+    blank: int  # blank lines in the range
 
 
 @attrs.frozen(kw_only=True, eq=False)

@@ -1,4 +1,4 @@
-"""The private cattrs converter, strict structuring and stable digests.
+"""The private cattrs converter and strict structuring (digests live in :mod:`laden.digest`).
 
 User config is strict: unknown keys are errors and numbers are not coerced
 (``3.5`` is no ``int``, ``"8"`` is no number). Errors come back as
@@ -8,8 +8,6 @@ User config is strict: unknown keys are errors and numbers are not coerced
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,6 +16,7 @@ import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from laden.digest import canonical_json, digest  # re-exported: their home is laden.digest
 from laden.errors import ConfigError
 
 __all__ = [
@@ -143,18 +142,3 @@ def config_of(strategy: Any) -> dict[str, Any]:
     """The config of a strategy instance as plain data, ``name`` first."""
     fields = attrs.asdict(strategy, recurse=True)
     return {"name": type(strategy).name, **fields}
-
-
-def canonical_json(value: Any) -> bytes:
-    """JSON with sorted keys and no whitespace: the input of every digest."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def digest(*parts: bytes | str, size: int = 16) -> str:
-    """A hex blake2b digest over ``parts`` (each length-prefixed, so ``ab|c`` != ``a|bc``)."""
-    h = hashlib.blake2b(digest_size=size)
-    for part in parts:
-        data = part.encode() if isinstance(part, str) else part
-        h.update(len(data).to_bytes(8, "little"))
-        h.update(data)
-    return h.hexdigest()

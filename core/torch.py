@@ -7,8 +7,10 @@
   length table's offsets) with a backend (``torch`` on CPU by default).
 - :class:`PlanLoader`: the two in a ``DataLoader``, with the
   ``state_dict()``/``load_state_dict()`` protocol of torchdata's
-  ``StatefulDataLoader``: a run stopped after ``k`` steps and restarted in a
-  new process yields exactly the batches an uninterrupted run would.
+  ``StatefulDataLoader`` (a :class:`~laden.stateful.Stateful`; its state is
+  its :class:`~laden.plan.PlanCursor`'s): a run stopped after ``k`` steps and
+  restarted in a new process yields exactly the batches an uninterrupted run
+  would.
 
 Importing this module does not import torch; building a loader does.
 """
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from laden.collate import BatchLayout
-from laden.errors import DataError, MissingDependencyError
+from laden.errors import MissingDependencyError
 from laden.plan import BatchPlan
 
 __all__ = ["PlanBatch", "PlanBatchSampler", "PlanDataset", "PlanLoader"]
@@ -218,7 +220,9 @@ class PlanLoader:
             self._loader_args["persistent_workers"] = persistent_workers
             if prefetch_factor is not None:
                 self._loader_args["prefetch_factor"] = prefetch_factor
-        self._yielded = 0
+        #: What has been consumed: the next ``(epoch, step)`` (the sampler runs ahead of
+        #: it, as the DataLoader prefetches); the loader's state is this cursor's.
+        self.cursor = self.plan.cursor(self.sampler.epoch, self.sampler.start)
         self._loader: Any = None
 
     @property
@@ -228,7 +232,7 @@ class PlanLoader:
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` at its first step on the next iteration."""
         self.sampler.set_epoch(epoch)
-        self._yielded = 0
+        self.cursor.seek(epoch, 0)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -241,14 +245,14 @@ class PlanLoader:
         return self._loader
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self._yielded = self.sampler.start
+        self.cursor.seek(self.sampler.epoch, self.sampler.start)
         for batch in self._dataloader():
             if self.device is not None:
                 batch = {
                     key: value.to(self.device, non_blocking=True) if hasattr(value, "to") else value
                     for key, value in batch.items()
                 }
-            self._yielded += 1
+            self.cursor.advance()
             if self.kernel is not None:
                 self.kernel.hook.laden_batch_produced(
                     batch=batch, epoch=self.epoch, step=batch["step"], kernel=self.kernel
@@ -257,25 +261,14 @@ class PlanLoader:
         self.sampler.start = 0  # the next iteration is a fresh pass
 
     def state_dict(self) -> dict[str, Any]:
-        """Where this rank stands: plan fingerprint, epoch and steps consumed."""
-        return {
-            "fingerprint": self.plan.fingerprint,
-            "rank": self.plan.rank,
-            "world_size": self.plan.world_size,
-            "epoch": self.epoch,
-            "step": self._yielded,
-        }
+        """Where this rank stands: its plan cursor's state (fingerprint, shard, epoch, step)."""
+        return self.cursor.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue after the last batch a saved state had consumed."""
-        if state.get("fingerprint") != self.plan.fingerprint:
-            raise DataError(
-                f"the state belongs to plan {state.get('fingerprint')}, not {self.plan.fingerprint}"
-            )
-        if (state.get("rank"), state.get("world_size")) != (self.plan.rank, self.plan.world_size):
-            raise DataError(
-                f"the state is rank {state.get('rank')} of {state.get('world_size')}, "
-                f"this loader rank {self.plan.rank} of {self.plan.world_size}"
-            )
-        self.sampler.set_epoch(int(state["epoch"]), int(state["step"]))
-        self._yielded = int(state["step"])
+        """Continue after the last batch a saved state had consumed (refusing another plan's)."""
+        self.cursor.load_state_dict(state)
+        epoch, step = self.cursor.position
+        if epoch == self.plan.num_epochs:  # the end of the plan: the end of its last epoch
+            epoch, step = epoch - 1, len(self.plan.epochs[epoch - 1])
+            self.cursor.seek(epoch, step)
+        self.sampler.set_epoch(epoch, step)

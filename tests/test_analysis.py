@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,9 +23,9 @@ from laden.analysis import (
     suggest_report,
 )
 from laden.batching import padding_to_edges, suggest_bucket_edges
-from laden.cli import build_cli
 from laden.lengths import save_lengths
 from laden.plugins.packers.best_fit import BestFitPacker
+from laden.testing import run_cli
 
 
 @settings(max_examples=150, deadline=None)
@@ -105,16 +104,14 @@ def cache(tmp_path: Path) -> Path:
 
 
 def invoke(kernel: laden.Kernel, *args: str) -> object:
-    result = CliRunner().invoke(build_cli(kernel), list(args))
-    assert result.exit_code == 0, result.output
-    return result
+    return run_cli(kernel, *args, code=0)
 
 
 def test_lengths_build_and_stats_commands(kernel: laden.Kernel, tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "abc"}\n{"text": "de"}\nnot json\n')
     out = tmp_path / "lens"
-    bad = CliRunner().invoke(build_cli(kernel), ["lengths", "build", str(data), "-o", str(out)])
+    bad = run_cli(kernel, "lengths", "build", str(data), "-o", str(out))
     assert bad.exit_code == 1
     assert f"{data}:3: invalid JSON" in bad.output
     assert not out.exists()
@@ -137,7 +134,7 @@ def test_lengths_build_tokenizer_options(kernel: laden.Kernel, tmp_path: Path) -
     build = ["lengths", "build", str(data), "-o", str(out), "--tokenizer", "whitespace"]
     result = invoke(kernel, *build, "-T", "lowercase=true", "-T", "vocab_size=64", "--json")
     assert json.loads(result.output)["tokens"] == 3
-    wrong = CliRunner().invoke(build_cli(kernel), [*build, "-T", "vocab_size=0"])
+    wrong = run_cli(kernel, *build, "-T", "vocab_size=0")
     assert wrong.exit_code == 2
     assert "tokenizer.vocab_size: must be > 1, got 0" in wrong.output
 
@@ -156,7 +153,7 @@ def test_analyze_command(kernel: laden.Kernel, cache: Path) -> None:
     text = invoke(kernel, "analyze", str(cache), "--bucket-edges", "64,256,1024").output
     assert "recommendations:" in text
     assert "token_budget 16384" in text
-    bad = CliRunner().invoke(build_cli(kernel), ["analyze", str(cache), "--bucket-edges", "9,3"])
+    bad = run_cli(kernel, "analyze", str(cache), "--bucket-edges", "9,3")
     assert bad.exit_code == 2
     assert "increase strictly" in bad.output
 
@@ -174,7 +171,7 @@ def test_analyze_reports_packing(kernel: laden.Kernel, cache: Path) -> None:
     text = invoke(kernel, *args, "--packer", "first_fit").output
     assert "packed by first_fit into rows of 512" in text
     assert "segments per row:" in text
-    bad = CliRunner().invoke(build_cli(kernel), [*args[:-1], "0"])
+    bad = run_cli(kernel, *[*args[:-1], "0"])
     assert bad.exit_code == 2
     assert "pack_length: must be > 0" in bad.output
 
@@ -218,7 +215,7 @@ def test_plots_are_png(kernel: laden.Kernel, cache: Path, tmp_path: Path) -> Non
 
 def test_missing_cache_is_a_clear_error(kernel: laden.Kernel, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    result = CliRunner().invoke(build_cli(kernel), ["suggest", str(tmp_path / "empty")])
+    result = run_cli(kernel, "suggest", str(tmp_path / "empty"))
     assert result.exit_code == 1
     assert "meta.json: missing file" in result.output
 
@@ -229,7 +226,7 @@ def test_analyze_applies_the_overflow_policy_and_counts_what_exceeds(
     lengths = np.array([100, 200, 5000, 300, 7000] * 20, dtype=np.int64)
     cache = save_lengths(laden.LengthTable.from_lengths(lengths), tmp_path / "long")
     args = ["analyze", str(cache), "--token-budget", "4096"]
-    refused = CliRunner().invoke(build_cli(kernel), args, catch_exceptions=False)
+    refused = run_cli(kernel, *args, catch_exceptions=False)
     assert refused.exit_code == 1  # the sampler's default, 'error': never silently 'alone'
     assert "40 sample(s) with 240,000 tokens are longer than the token budget" in refused.output
     assert "--overflow" in refused.output

@@ -16,26 +16,26 @@ from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import laden
-from laden.cli import build_cli
 from laden.collate import BatchLayout
 from laden.collate.samples import SourceSamples
+from laden.digest import content_digest
 from laden.files.write import (
     LOCK,
     OutputBusyError,
-    content_digest,
     load_manifest,
     verify_directory,
     write_batches,
 )
 from laden.lengths import build_lengths
 from laden.plan import BatchPlan
+from laden.testing import run_cli
+from tests.conftest import make_corpus
 
-from .test_writing import contents, make_corpus, write, write_args
+from .test_writing import contents, write, write_args
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +97,7 @@ def test_resume_rewrites_exactly_the_damaged_files(
     (out / "manifest.json").write_text(json.dumps(manifest))
     shutil.copyfile(out / names[8], unrecorded)
 
-    result = CliRunner().invoke(
-        build_cli(corpus["kernel"]), [*write_args(corpus), "-o", str(out), "--resume"]
-    )
+    result = run_cli(corpus["kernel"], *write_args(corpus), "-o", out, "--resume")
     assert result.exit_code == 0, result.output
     total = len(names)
     assert f"5 written, {total - 5:,} kept from before, 0 failed" in result.output
@@ -286,8 +284,8 @@ def test_the_lock_dies_with_its_holder(corpus: dict[str, Any], tmp_path: Path) -
                 f"""
                 import sys, time
                 from pathlib import Path
-                from laden.files.write import _exclusive
-                with _exclusive(Path({str(out)!r})):
+                from laden.files.manifest import exclusive
+                with exclusive(Path({str(out)!r})):
                     print("locked", flush=True)
                     time.sleep(120)
                 """
@@ -324,9 +322,7 @@ def test_force_starts_over_only_in_a_batch_directory(
     assert summary["kept"] == 0
     assert digests(out) == digests(reference)
     flip_byte(out / sorted(load_manifest(out)["files"])[1])
-    cli = CliRunner().invoke(
-        build_cli(corpus["kernel"]), [*write_args(corpus), "-o", str(out), "--force"]
-    )
+    cli = run_cli(corpus["kernel"], *write_args(corpus), "-o", out, "--force")
     assert cli.exit_code == 0, cli.output
     assert digests(out) == digests(reference)
     (out / "notes.txt").write_text("mine")

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 
 import laden
-from laden.cli import build_cli
-from laden.testing import registered
+from laden.testing import registered, run_cli
 
 
 def run(kernel: laden.Kernel, *args: str) -> click.testing.Result:
-    return CliRunner().invoke(build_cli(kernel), list(args), catch_exceptions=False)
+    return run_cli(kernel, *args, catch_exceptions=False)
 
 
 def test_version(kernel: laden.Kernel) -> None:
@@ -85,7 +83,7 @@ def test_config_check(kernel: laden.Kernel, tmp_path: Path) -> None:
 def test_config_check_bad_file_exits_2_naming_the_key(kernel: laden.Kernel, tmp_path: Path) -> None:
     bad = tmp_path / "run.yaml"
     bad.write_text("executor:\n  name: local\n  workers: -1\n")
-    result = CliRunner().invoke(build_cli(kernel), ["config", "check", str(bad)])
+    result = run_cli(kernel, "config", "check", str(bad))
     assert result.exit_code == 2
     assert f"Error: {bad}: executor.workers: must be >= 0, got -1" in result.output
 
@@ -102,7 +100,7 @@ def test_plugins_add_commands(kernel: laden.Kernel) -> None:
     with registered(kernel, Plugin()):
         result = run(kernel, "hello")
     assert result.output == "hello bytes,hf,whitespace\n"
-    assert "No such command" in CliRunner().invoke(build_cli(kernel), ["hello"]).output
+    assert "No such command" in run_cli(kernel, "hello").output
 
 
 def test_console_script_version() -> None:

@@ -20,16 +20,17 @@ from typing import Any
 import click
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 import laden
 from laden.cli import build_cli, emit_json, os_error_message
 from laden.lengths import load_lengths, save_lengths
 from laden.plan import BatchPlan
+from laden.testing import run_cli
 
 
 def invoke(kernel: laden.Kernel, args: list[str]) -> Result:
-    return CliRunner().invoke(build_cli(kernel), args, catch_exceptions=False)
+    return run_cli(kernel, *args, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -256,6 +257,22 @@ MISTAKES: list[tuple[str, list[str], tuple[int, ...], str]] = [
         (1, 2),
         "{data}",
     ),
+    # Stream collections.
+    (
+        "stream-collect-into-a-plan",
+        ["stream", "collect", "--source", "mock", "--samples", "5", "-o", "{plan}"],
+        (2,),
+        "holds a batch plan, not a stream collection",
+    ),
+    ("stream-stats-of-lengths", ["stream", "stats", "{lens}"], (1,), "is not a stream collection"),
+    # Vectorized envs.
+    (
+        "envs-bench-unknown-env",
+        ["envs", "bench", "nosuch", "--num-envs", "1", "--steps", "1", "--repeats", "1"],
+        (2,),
+        "env: must be a bundled env (grid), 'gym:ID', a gymnasium id",
+    ),
+    ("envs-bench-no-envs", ["envs", "bench", "grid", "--num-envs", "0"], (2,), "must be > 0"),
 ]
 
 

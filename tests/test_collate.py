@@ -124,6 +124,17 @@ def test_samples_as_mappings_carry_their_loss_masks() -> None:
     assert as_arrays["labels"].tolist() == [[-100, 6, 7, 8], [-100, 9, -100, -100]]
 
 
+def test_the_family_modules_and_the_public_path_name_the_same_objects() -> None:
+    import laden.collate
+    from laden.collate import backend, layout, tokens
+    from laden.records import Ragged as RecordsRagged
+
+    assert laden.collate.Ragged is RecordsRagged
+    assert laden.collate.BatchLayout is layout.BatchLayout
+    assert laden.collate.collate is tokens.collate
+    assert laden.collate.CollatingBackend is backend.CollatingBackend
+
+
 def test_a_layout_that_does_not_match_the_data_is_named() -> None:
     layout = BatchLayout.padded(np.array([0]), np.array([5]))
     with pytest.raises(ValueError, match="sample 0 has 3 tokens but the layout reads 5"):

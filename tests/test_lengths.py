@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import laden
 from laden.lengths import build_lengths, load_lengths, save_lengths
+from laden.testing import run_cli
 
 
 def write_jsonl(path: Path, rows: list[object], *, raw_lines: dict[int, str] | None = None) -> Path:
@@ -354,11 +355,7 @@ def test_cache_roundtrip_property(lengths: list[int], with_key: bool) -> None:
 
 
 def cli(kernel: laden.Kernel, *args: str) -> Any:
-    from click.testing import CliRunner
-
-    from laden.cli import build_cli
-
-    return CliRunner().invoke(build_cli(kernel), ["lengths", "build", *args])
+    return run_cli(kernel, "lengths", "build", *args)
 
 
 def test_cli_source_options_reach_every_setting(kernel: laden.Kernel, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import laden.plugins
 from laden import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = ("torch", "mlx", "h5py", "ray", "tokenizers", "matplotlib")
+EXTRAS = ("torch", "mlx", "h5py", "ray", "tokenizers", "matplotlib", "jax", "gymnasium")
 
 
 def all_modules() -> list[str]:

@@ -13,12 +13,11 @@ from typing import Any
 
 import attrs
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import laden
-from laden.cli import build_cli
 from laden.cli.demo import MARKER, claim_output
 from laden.io import (
     artifact_kind,
@@ -29,16 +28,14 @@ from laden.io import (
 )
 from laden.lengths import build_lengths, load_lengths, save_lengths
 from laden.plan import BatchPlan
+from laden.testing import run_cli
 
 FIXTURE = Path(__file__).parent / "fixtures" / "plan-py310"
 CONFIG = "seed: 1\nepochs: 2\nsampler:\n  name: token_budget\n  token_budget: 512\n"
 
 
 def run(kernel: laden.Kernel, *args: str, code: int = 0) -> Result:
-    result = CliRunner().invoke(build_cli(kernel), [str(a) for a in args])
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
-    return result
+    return run_cli(kernel, *args, code=code)
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

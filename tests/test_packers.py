@@ -8,9 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import laden
-from laden.packing import best_fit_decreasing, first_fit_decreasing
-from laden.plugins.packers.best_fit import BestFitPacker
-from laden.plugins.packers.first_fit import FirstFitPacker
+from laden.plugins.packers.best_fit import BestFitPacker, best_fit_decreasing
+from laden.plugins.packers.first_fit import FirstFitPacker, first_fit_decreasing
 from laden.plugins.packers.sequential import SequentialPacker
 from laden.testing import check_packer
 

@@ -7,15 +7,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import laden
-import laden.plan.build
+import laden.plan.store
 from laden.plan import BatchPlan
-from laden.testing import registered
+from laden.stateful import Stateful, check_state
+from laden.testing import check_stateful, record_hooks
 
 FIXTURE = Path(__file__).parent / "fixtures" / "plan-py310"
 
@@ -217,19 +219,87 @@ def test_resume_anywhere(kernel: laden.Kernel) -> None:
     plan = BatchPlan.build(peer_table(3_000), budget(kernel), epochs=2, seed=2)
     everything = [(e, s, spec.indices.tolist()) for e, s, spec in plan.iter_from()]
     assert len(everything) == plan.total_steps
+    assert [(e, s, spec.indices.tolist()) for e, s, spec in plan] == everything  # pure
     cut = len(plan.epochs[0]) + 3
-    it = iter(plan)
+    cursor = plan.cursor()
+    it = iter(cursor)
     first = [next(it) for _ in range(cut)]
-    state = plan.state_dict()
+    state = cursor.state_dict()
     assert (state["epoch"], state["step"]) == (1, 3)
-    fresh = BatchPlan.build(peer_table(3_000), budget(kernel), epochs=2, seed=2)
+    assert len(cursor) == plan.total_steps - cut
+    fresh = BatchPlan.build(peer_table(3_000), budget(kernel), epochs=2, seed=2).cursor()
     fresh.load_state_dict(json.loads(json.dumps(state)))
     rest = [(e, s, spec.indices.tolist()) for e, s, spec in fresh]
     assert [(e, s, spec.indices.tolist()) for e, s, spec in first] + rest == everything
+    assert fresh.position == (1, len(plan.epochs[1]))
+    assert len(fresh) == 0
     assert next(iter(plan.iter_from(1, 3)))[:2] == (1, 3)
-    other = BatchPlan.build(peer_table(3_000), budget(kernel), epochs=2, seed=3)
+    other = BatchPlan.build(peer_table(3_000), budget(kernel), epochs=2, seed=3).cursor()
     with pytest.raises(laden.DataError, match="belongs to plan"):
         other.load_state_dict(state)
+
+
+def test_a_plan_is_a_frozen_record_with_many_cursors(kernel: laden.Kernel) -> None:
+    plan = BatchPlan.build(peer_table(2_000), budget(kernel), epochs=2, seed=4)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        plan.rank = 3  # type: ignore[misc]
+    one, two = plan.cursor(), plan.cursor(1, 2)
+    next(iter(one))
+    assert one.position == (0, 1)
+    assert two.position == (1, 2)
+    # The end of an epoch and the start of the next are the same point of the plan.
+    end = plan.cursor(0, len(plan.epochs[0]))
+    assert next(iter(end))[:2] == (1, 0)
+    assert end.advance() == (1, 1)
+    assert end.position == (1, 2)
+    with pytest.raises(ValueError, match="out of range"):
+        plan.cursor(0, len(plan.epochs[0]) + 1)
+    last = plan.cursor(plan.num_epochs, 0)
+    assert list(last) == []
+    with pytest.raises(IndexError, match="finished"):
+        last.advance()
+
+
+def test_the_plan_cursor_is_stateful(kernel: laden.Kernel) -> None:
+    plan = BatchPlan.build(peer_table(2_000), budget(kernel), epochs=2, seed=5)
+    cursor = plan.cursor()
+    assert isinstance(cursor, Stateful)
+    check_stateful(plan.cursor, cuts=(0, 1, len(plan.epochs[0]), len(plan.epochs[0]) + 2))
+    # A shard's state fits no other shard, nor the full plan; a position it does not have fits
+    # nowhere; each error says what the state is and what the plan holds.
+    shards = [plan.shard(rank, 2) for rank in range(2)]
+    state = shards[0].cursor(0, 1).state_dict()
+    with pytest.raises(
+        laden.DataError, match=r"\(rank 0\) does not fit: this plan is rank 1 of 2 with 2 epochs"
+    ):
+        shards[1].cursor().load_state_dict({**state, "fingerprint": shards[1].fingerprint})
+    with pytest.raises(laden.DataError, match="belongs to plan"):
+        plan.cursor().load_state_dict(state)
+    with pytest.raises(
+        laden.DataError, match=r"\(step 99\) does not fit: epoch 0 .* has \d+ steps"
+    ):
+        shards[0].cursor().load_state_dict({**state, "step": 99})
+    with pytest.raises(laden.DataError, match=r"\(epoch -1\) does not fit"):
+        shards[0].cursor().load_state_dict({**state, "epoch": -1})
+    with pytest.raises(laden.DataError, match=r"not a laden\.plan\.cursor state"):
+        shards[0].cursor().load_state_dict({**state, "kind": "laden.batch_reader"})
+
+
+def test_check_state_names_what_does_not_fit() -> None:
+    state = {"kind": "laden.thing", "fingerprint": "a", "rank": 1, "step": 5}
+    assert check_state(state, kind="laden.thing", fingerprint="a") is state
+    with pytest.raises(laden.DataError, match="must be a mapping, got list"):
+        check_state([state], kind="laden.thing")
+    with pytest.raises(
+        laden.DataError,
+        match=r"the state \(rank 1, step 5\) does not fit: "
+        r"this laden.thing needs rank 0, step in 0..4",
+    ):
+        check_state(state, kind="laden.thing", fits={"rank": 0}, within={"step": (0, 4)})
+    with pytest.raises(laden.DataError, match=r"state.json: .*step 'x'"):
+        check_state(
+            {**state, "step": "x"}, kind="laden.thing", within={"step": (0, 9)}, where="state.json"
+        )
 
 
 def test_packed_plans_and_config_files(kernel: laden.Kernel, tmp_path: Path) -> None:
@@ -252,16 +322,9 @@ def test_packed_plans_and_config_files(kernel: laden.Kernel, tmp_path: Path) -> 
 
 
 def test_build_announces_the_plan(kernel: laden.Kernel) -> None:
-    seen: list[Any] = []
-
-    class Observer:
-        @laden.hookimpl
-        def laden_plan_built(self, plan: Any, kernel: laden.Kernel) -> None:
-            seen.append(plan)
-
-    with registered(kernel, Observer()):
+    with record_hooks(kernel) as seen:
         plan = BatchPlan.build(peer_table(1_000), budget(kernel), epochs=2, kernel=kernel)
-    assert seen == [plan]
+    assert seen.plans == [plan]
 
 
 def test_saving_does_not_lose_an_existing_plan_on_failure(
@@ -274,7 +337,7 @@ def test_saving_does_not_lose_an_existing_plan_on_failure(
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(laden.plan.build, "write_json", full)
+    monkeypatch.setattr(laden.plan.store, "write_json", full)
     with pytest.raises(OSError, match="No space left"):
         BatchPlan.build(peer_table(1_000), budget(kernel), epochs=2).save(root)
     assert sorted(os.listdir(root)) == before

@@ -8,14 +8,14 @@ from pathlib import Path
 import attrs
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import laden
-from laden.cli import build_cli
 from laden.lengths import save_lengths
 from laden.plan import BatchPlan
+from laden.testing import run_cli
 
 
 @pytest.fixture
@@ -28,9 +28,7 @@ def setup(tmp_path: Path) -> dict[str, Path]:
 
 
 def run(kernel: laden.Kernel, *args: str, code: int = 0) -> Result:
-    result = CliRunner().invoke(build_cli(kernel), list(args))
-    assert result.exit_code == code, result.output
-    return result
+    return run_cli(kernel, *args, code=code)
 
 
 def test_build_info_verify_shard(kernel: laden.Kernel, setup: dict[str, Path]) -> None:
@@ -272,12 +270,9 @@ def test_shard_reports_padding_and_warns_about_padding_only_ranks(
         "(more ranks than batches): it trains on nothing there"
     ]
     data = json.loads(
-        CliRunner()
-        .invoke(
-            build_cli(kernel),
-            ["plan", "shard", str(plan), "--world-size", "5", "-o", str(tmp_path / "s2"), "--json"],
-        )
-        .stdout
+        run_cli(
+            kernel, "plan", "shard", plan, "--world-size", "5", "-o", tmp_path / "s2", "--json"
+        ).stdout
     )
     assert [r["padding_batches"] for r in data["ranks"]] == [[0], [0], [0], [1], [1]]
     assert data["shard_report"]["padding_batches"] == [2]

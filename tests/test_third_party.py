@@ -116,3 +116,39 @@ except laden.ConfigError as exc:
         "[[1, 3], [4, 2], [0]]",
         "sampler.batch_size: must be > 0, got 0",
     ]
+
+
+@pytest.mark.slow
+def test_a_builtins_only_kernel_never_imports_it(fresh_venv: Path) -> None:
+    """Library calls with ``Kernel(autoload=False)``, or none, leave third parties unloaded."""
+    script = """
+import json, sys
+from pathlib import Path
+import laden
+from laden.files.write import write_batches
+from laden.lengths import build_lengths
+from laden.plan import BatchPlan
+
+kernel = laden.Kernel(autoload=False)
+data = Path("data.jsonl")
+data.write_text("".join(json.dumps({"text": "x" * n}) + "\\n" for n in range(1, 40)))
+source = kernel.create("source", {"name": "jsonl", "path": str(data)})
+tokenizer = kernel.create("tokenizer", "bytes")
+table = build_lengths(source, tokenizer, output="lengths")
+config = laden.RunConfig.from_mapping({"sampler": {"name": "fixed", "batch_size": 4}})
+plan = BatchPlan.from_config(table, config, kernel=kernel)
+assert plan.verify(table).ok
+write_batches(plan, table, source, tokenizer, kernel.create("writer", "npz"), "batches")
+assert len(list(laden.BatchReader("batches"))) == plan.total_steps
+print("laden_example_plugin" in sys.modules)
+laden.Kernel()
+print("laden_example_plugin" in sys.modules)
+"""
+    out = subprocess.run(
+        [fresh_venv / "bin" / "python", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=fresh_venv,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["False", "True"]

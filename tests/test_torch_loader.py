@@ -15,8 +15,10 @@ import pytest
 import laden
 from laden.collate import Ragged
 from laden.collate.samples import SourceSamples
-from laden.lengths import build_lengths
 from laden.plan import BatchPlan
+from laden.stateful import Stateful
+from laden.testing import check_stateful
+from tests.conftest import make_corpus
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 
@@ -28,24 +30,16 @@ WORKER = Path(__file__).parent / "fixtures" / "plan_worker.py"
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A JSONL file of 600 texts, its length cache, and a 2-epoch plan of it."""
-    root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(5)
-    data = root / "data.jsonl"
-    with data.open("w") as f:
-        for i, n in enumerate(rng.integers(1, 300, 600)):
-            f.write(json.dumps({"id": i, "text": "x" * int(n) + f" {i}"}) + "\n")
-    kernel = laden.Kernel(autoload=False)
-    source = kernel.create("source", {"name": "jsonl", "path": str(data)})
-    table = build_lengths(
-        source,
-        kernel.create("tokenizer", "bytes"),
-        output=root / "lengths",
-        executor=kernel.create("executor", {"name": "local", "workers": 0}),
+    return make_corpus(
+        tmp_path_factory.mktemp("corpus"),
+        600,
+        5,
+        max_size=300,
+        row=lambda i, size, rng: {"id": i, "text": "x" * size + f" {i}"},
+        token_budget=2048,
+        pack_length=None,
+        plan_seed=9,
     )
-    sampler = kernel.create("sampler", {"name": "token_budget", "token_budget": 2048})
-    plan = BatchPlan.build(table, sampler, epochs=2, seed=9)
-    plan.save(root / "plan")
-    return {"root": root, "data": data, "table": table, "plan": plan}
 
 
 def plan_batches(plan: BatchPlan, epoch: int) -> list[list[int]]:
@@ -120,8 +114,41 @@ def test_state_of_another_plan_is_refused(corpus: dict[str, Any]) -> None:
     state = loader.state_dict()
     with pytest.raises(laden.DataError, match="belongs to plan"):
         loader.load_state_dict({**state, "fingerprint": "0" * 32})
+    shard = PlanLoader(plan, PlanDataset.for_plan(plan, tokens, corpus["table"]), world_size=2)
+    with pytest.raises(
+        laden.DataError, match=r"\(world_size 1\) does not fit: this plan is rank 0"
+    ):
+        shard.load_state_dict({**state, "fingerprint": shard.plan.fingerprint})
     with pytest.raises(laden.DataError, match="does not match the plan"):
         PlanDataset.for_plan(plan, tokens, laden.LengthTable.from_lengths([1, 2]))
+
+
+def test_the_loader_is_stateful_and_its_state_is_its_plan_cursor(corpus: dict[str, Any]) -> None:
+    plan, table = corpus["plan"], corpus["table"]
+    tokens = Ragged.from_sequences([np.ones(n, dtype=np.int64) for n in table.length])
+
+    def loader(rank: int = 0) -> PlanLoader:
+        return PlanLoader(plan, PlanDataset.for_plan(plan, tokens, table), rank=rank, world_size=2)
+
+    def key(batch: dict[str, Any]) -> tuple[int, int, list[int]]:
+        return batch["epoch"], batch["step"], batch["sample_ids"].tolist()
+
+    assert isinstance(loader(), Stateful)
+    check_stateful(loader, cuts=(0, 1, 5), key=key)
+    check_stateful(lambda: loader(1), cuts=(2,), key=key)
+    # The loader's state is a plan cursor's: one position, one format, one check.
+    running = loader()
+    batches = iter(running)
+    for _ in range(3):
+        next(batches)
+    cursor = running.plan.cursor()
+    cursor.load_state_dict(running.state_dict())
+    assert cursor.position == (0, 3)
+    assert [s for _, s, _ in cursor][:2] == [3, 4]
+    # A state at the end of the plan resumes at the end of its last epoch: nothing left.
+    end = loader()
+    end.load_state_dict({**running.state_dict(), "epoch": plan.num_epochs, "step": 0})
+    assert (end.epoch, list(end)) == (plan.num_epochs - 1, [])
 
 
 def test_torchrun_ranks_share_the_plan(corpus: dict[str, Any], tmp_path: Path) -> None:
@@ -154,23 +181,14 @@ def test_torchrun_ranks_share_the_plan(corpus: dict[str, Any], tmp_path: Path) -
 
 
 def test_loader_announces_each_batch(corpus: dict[str, Any]) -> None:
-    from laden.testing import registered
-
-    seen: list[tuple[int, int]] = []
-
-    class Observer:
-        @laden.hookimpl
-        def laden_batch_produced(
-            self, batch: Any, epoch: int, step: int, kernel: laden.Kernel
-        ) -> None:
-            seen.append((epoch, step))
+    from laden.testing import record_hooks
 
     kernel = laden.Kernel(autoload=False)
     plan = corpus["plan"]
     tokens = Ragged.from_sequences([np.ones(n, dtype=np.int64) for n in corpus["table"].length])
     loader = PlanLoader(plan, PlanDataset.for_plan(plan, tokens, corpus["table"]), kernel=kernel)
     loader.set_epoch(1)
-    with registered(kernel, Observer()):
+    with record_hooks(kernel) as seen:
         count = sum(1 for _ in loader)
-    assert seen == [(1, s) for s in range(count)]
+    assert seen.steps == [(1, s) for s in range(count)]
     assert count == len(plan.epochs[1])

@@ -13,52 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import laden
-from laden.cli import build_cli
-from laden.files.write import content_digest, load_manifest, verify_directory, write_batches
-from laden.lengths import build_lengths
-from laden.plan import BatchPlan
-from laden.testing import registered
-
-
-def make_corpus(root: Path, n: int = 240, seed: int = 3) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    data = root / "data.jsonl"
-    with data.open("w") as f:
-        for i, size in enumerate(rng.integers(1, 200, n)):
-            row: dict[str, Any] = {"id": i, "text": f"{i}:" + "ab" * int(size)}
-            if i % 7 == 0:
-                row = {"id": i, "input_ids": [int(x) for x in rng.integers(1, 255, 40)]}
-            f.write(json.dumps(row) + "\n")
-    kernel = laden.Kernel(autoload=False)
-    source = kernel.create("source", {"name": "jsonl", "path": str(data)})
-    tokenizer = kernel.create("tokenizer", "bytes")
-    table = build_lengths(
-        source,
-        tokenizer,
-        output=root / "lengths",
-        executor=kernel.create("executor", {"name": "local", "workers": 0}),
-    )
-    sampler = kernel.create("sampler", {"name": "token_budget", "token_budget": 1024})
-    packer = kernel.create("packer", {"name": "best_fit", "max_length": 256, "overflow": "split"})
-    plan = BatchPlan.build(table, sampler, packer, epochs=2, seed=1)
-    plan.save(root / "plan")
-    return {
-        "root": root,
-        "data": data,
-        "table": table,
-        "plan": plan,
-        "source": source,
-        "tokenizer": tokenizer,
-        "kernel": kernel,
-    }
-
-
-@pytest.fixture
-def corpus(tmp_path: Path) -> dict[str, Any]:
-    return make_corpus(tmp_path)
+from laden.digest import content_digest
+from laden.files.write import load_manifest, verify_directory, write_batches
+from laden.testing import record_hooks, registered, run_cli
 
 
 def write(corpus: dict[str, Any], name: str, out: Path, **kwargs: Any) -> dict[str, Any]:
@@ -169,14 +128,14 @@ def test_verify_names_altered_and_missing_files(corpus: dict[str, Any], tmp_path
     out = tmp_path / "out"
     write(corpus, "npz", out)
     kernel = corpus["kernel"]
-    ok = CliRunner().invoke(build_cli(kernel), ["verify", str(out)])
+    ok = run_cli(kernel, "verify", str(out))
     assert ok.exit_code == 0, ok.output
     victim = out / "e0000-s0000002-r000.npz"
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
     (out / "e0001-s0000001-r000.npz").unlink()
-    bad = CliRunner().invoke(build_cli(kernel), ["verify", str(out)])
+    bad = run_cli(kernel, "verify", str(out))
     assert bad.exit_code == 1
     assert f"{victim}: checksum mismatch" in bad.output
     assert "e0001-s0000001-r000.npz: missing" in bad.output
@@ -209,9 +168,13 @@ def test_a_failing_batch_is_recorded_and_the_run_goes_on(
     kernel = laden.Kernel(autoload=False)
     out = tmp_path / "out"
     with registered(kernel, FailsOnStep2()):
-        result = CliRunner().invoke(
-            build_cli(kernel),
-            [*write_args(corpus), "--writer", "flaky", "-o", str(out)],
+        result = run_cli(
+            kernel,
+            *write_args(corpus),
+            "--writer",
+            "flaky",
+            "-o",
+            str(out),
         )
     assert result.exit_code == 1
     total = corpus["plan"].total_steps
@@ -304,31 +267,29 @@ def test_clear_errors_and_nothing_lost(corpus: dict[str, Any], tmp_path: Path) -
     kernel = corpus["kernel"]
     out = tmp_path / "out"
     base = write_args(corpus)
-    unknown = CliRunner().invoke(build_cli(kernel), [*base, "--writer", "parquet", "-o", str(out)])
+    unknown = run_cli(kernel, *base, "--writer", "parquet", "-o", str(out))
     assert unknown.exit_code != 0
     assert "parquet" in unknown.output
     assert "npz" in unknown.output  # the known writers are listed
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    unwritable = CliRunner().invoke(build_cli(kernel), [*base, "-o", str(blocker / "sub")])
+    unwritable = run_cli(kernel, *base, "-o", str(blocker / "sub"))
     assert unwritable.exit_code == 2
     assert "cannot write to" in unwritable.output
-    first = CliRunner().invoke(build_cli(kernel), [*base, "-o", str(out)])
+    first = run_cli(kernel, *base, "-o", str(out))
     assert first.exit_code == 0, first.output
     before = contents(out)
-    again = CliRunner().invoke(build_cli(kernel), [*base, "-o", str(out)])
+    again = run_cli(kernel, *base, "-o", str(out))
     assert again.exit_code == 2
     assert "pass --resume" in again.output
     assert contents(out) == before
-    other = CliRunner().invoke(
-        build_cli(kernel), [*base, "-o", str(out), "--resume", "-W", "compress=true"]
-    )
+    other = run_cli(kernel, *base, "-o", str(out), "--resume", "-W", "compress=true")
     assert other.exit_code == 2
     assert "cannot resume: the manifest's writer" in other.output
     # A dataset edited after measuring is refused, naming it.
     with open(corpus["data"], "a") as f:
         f.write(json.dumps({"text": "late"}) + "\n")
-    changed = CliRunner().invoke(build_cli(kernel), [*base, "-o", str(tmp_path / "o2")])
+    changed = run_cli(kernel, *base, "-o", str(tmp_path / "o2"))
     assert changed.exit_code == 1
     assert f"{corpus['data']}: the dataset no longer matches the length table" in changed.output
     assert contents(out) == before
@@ -389,17 +350,10 @@ def test_reader_errors_name_the_file(corpus: dict[str, Any], tmp_path: Path) -> 
 def test_reader_announces_batches(corpus: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "out"
     write(corpus, "npz", out)
-    seen: list[tuple[int, int]] = []
-
-    class Observer:
-        @laden.hookimpl
-        def laden_batch_produced(self, batch: Any, epoch: int, step: int, kernel: Any) -> None:
-            seen.append((epoch, step))
-
     kernel = laden.Kernel(autoload=False)
-    with registered(kernel, Observer()):
+    with record_hooks(kernel) as seen:
         count = sum(1 for _ in laden.BatchReader(out, kernel=kernel, epoch=0))
-    assert seen == [(0, s) for s in range(count)]
+    assert seen.steps == [(0, s) for s in range(count)]
 
 
 def test_content_digest_ignores_metadata_and_order() -> None:

@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import time
 from typing import Any
 
 import click
-import numpy as np
 
 from laden.analysis import (
+    analyze_report,
     ascii_counts,
     ascii_histogram,
-    batch_metrics,
-    bucket_report,
+    compare_batching,
     length_stats,
     over_budget_line,
     over_budget_report,
-    packing_metrics,
     plot_histogram,
-    recommendations,
     suggest_report,
 )
-from laden.cli.main import emit_json
+from laden.cli.main import emit_json, kernel_of, parse_options
 from laden.errors import ConfigError, DataError
 from laden.io import prepare_output_file
 from laden.kernel import Kernel
@@ -32,26 +28,6 @@ from laden.lengths import build_lengths, load_lengths
 from laden.serde import combine_problems
 
 __all__ = ["analyze_command", "lengths_group", "suggest_command"]
-
-
-def _kernel() -> Kernel:
-    kernel = click.get_current_context().find_object(Kernel)
-    assert kernel is not None
-    return kernel
-
-
-def _options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs; values are JSON where they parse (``3``, ``true``), else strings."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=flag)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 _MISSING = re.compile(r"^missing required key '([^']+)'$")
@@ -165,14 +141,14 @@ def lengths_build(
     """
     if _blank(dataset):
         raise DataError("is empty: there are no samples to measure", file=dataset)
-    kernel = _kernel()
+    kernel = kernel_of()
     tok = _create(
         kernel,
         "tokenizer",
-        {"name": tokenizer, **_options(tokenizer_options, "--tokenizer-option")},
+        {"name": tokenizer, **parse_options(tokenizer_options, "--tokenizer-option")},
         "-T",
     )
-    source_settings = _options(source_options, "--source-option")
+    source_settings = parse_options(source_options, "--source-option")
     for key in ("name", "path"):
         if key in source_settings:
             raise click.BadParameter(
@@ -298,7 +274,7 @@ def analyze_command(
         raise ConfigError(f"must be > 0, got {pack_length}", path=("pack_length",))
     table = load_lengths(directory)
     edges = _edges(bucket_edges)
-    kernel = _kernel()
+    kernel = kernel_of()
     sampler = kernel.create(
         "sampler",
         {
@@ -317,24 +293,13 @@ def analyze_command(
             "sampler's overflow setting), or raise --token-budget",
             file=directory,
         )
-    plan = kernel.plan_epoch(sampler, table, seed=seed)
-    fixed_size = max(int(np.median(plan.batch_sizes)) if len(plan) else 1, 1)
-    random_plan = kernel.create("sampler", {"name": "fixed", "batch_size": fixed_size})
-    baseline = batch_metrics(random_plan.plan_epoch(table, seed=seed), table.length)
-    result: dict[str, Any] = {
-        "lengths": length_stats(table.length),
-        "bucket_edges": list(edges),
-        "buckets": bucket_report(table.length, edges),
-        "recommendations": recommendations(table.length, edges),
-        "over_budget": over_budget,
-        "token_budget_plan": batch_metrics(plan, table.length),
-        "random_fixed_plan": {"batch_size": fixed_size, **baseline},
-    }
+    packer_strategy = None
     if pack_length is not None:
-        pack_plan = kernel.create(
+        packer_strategy = kernel.create(
             "packer", {"name": packer, "max_length": pack_length, "overflow": "split"}
-        ).pack(table)
-        result["packing"] = packing_metrics(pack_plan)
+        )
+    comparison = compare_batching(table, sampler, kernel=kernel, packer=packer_strategy, seed=seed)
+    result = analyze_report(table, sampler, comparison)
     if plot:
         plot_histogram(table.length, plot, edges=edges, title=f"{directory}: lengths and edges")
         result["plot"] = plot
@@ -357,9 +322,11 @@ def analyze_command(
         f"{metrics['efficiency']:.4f}, padding {metrics['padding_tokens']:,} tokens, "
         f"{metrics['distinct_shapes']:,} distinct shapes"
     )
-    click.echo(over_budget_line(over_budget))
+    click.echo(over_budget_line(result["over_budget"]))
+    baseline = result["random_fixed_plan"]
     click.echo(
-        f"random fixed batches of {fixed_size}: efficiency {baseline['efficiency']:.4f}, "
+        f"random fixed batches of {comparison.fixed_batch_size}: efficiency "
+        f"{baseline['efficiency']:.4f}, "
         f"padding {baseline['padding_tokens']:,} tokens"
     )
     click.echo(

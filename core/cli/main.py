@@ -18,7 +18,7 @@ from laden.kernel import Kernel
 from laden.kinds import KINDS
 from laden.serde import config_of
 
-__all__ = ["build_cli", "emit_json", "main", "os_error_message"]
+__all__ = ["build_cli", "emit_json", "kernel_of", "main", "os_error_message", "parse_options"]
 
 
 class LadenCommandError(click.ClickException):
@@ -70,11 +70,28 @@ def os_error_message(exc: OSError) -> str:
     return reason
 
 
-def kernel_of(ctx: click.Context) -> Kernel:
-    """The kernel a command runs with (set up by :func:`build_cli`)."""
-    kernel = ctx.find_object(Kernel)
+def kernel_of(ctx: click.Context | None = None) -> Kernel:
+    """The kernel a command runs with (set up by :func:`build_cli`; default: the current context's).
+
+    The one place a command finds its kernel: plugins' commands use it too.
+    """
+    kernel = (ctx or click.get_current_context()).find_object(Kernel)
     assert kernel is not None
     return kernel
+
+
+def parse_options(pairs: Sequence[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are JSON where they parse (``3``, ``true``), else strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=flag)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def emit_json(value: Any) -> None:
@@ -187,6 +204,7 @@ def build_cli(kernel: Kernel) -> click.Group:
     from laden.cli.data import analyze_command, lengths_group, suggest_command
     from laden.cli.demo import demo_command
     from laden.cli.plan import plan_group
+    from laden.cli.stream import stream_group
     from laden.cli.write import verify_command, write_command
 
     for command in (
@@ -199,6 +217,7 @@ def build_cli(kernel: Kernel) -> click.Group:
         plan_group,
         write_command,
         verify_command,
+        stream_group,
     ):
         cli.add_command(command)
     kernel.hook.laden_add_commands(cli=cli, kernel=kernel)

@@ -9,8 +9,7 @@ from typing import Any
 import attrs
 import click
 
-from laden.cli.data import _kernel
-from laden.cli.main import emit_json
+from laden.cli.main import emit_json, kernel_of
 from laden.config import load_config
 from laden.errors import DataError
 from laden.io import prepare_output, remove_artifact
@@ -53,7 +52,7 @@ def build_command(
     OUTPUT must be new, empty or a saved plan (replaced only with --force).
     """
     prepare_output(output, "laden.plan", force=force)
-    kernel = _kernel()
+    kernel = kernel_of()
     config = load_config(config_file, kernel=kernel)
     changes: dict[str, Any] = {}
     if epochs is not None:
@@ -127,7 +126,7 @@ def info_command(directory: str, rank: int | None, world_size: int | None, as_js
 def verify_command(directory: str, lengths: str | None, as_json: bool) -> None:
     """Rebuild the plan from its config and LENGTHS and compare (exit 1 on a mismatch)."""
     plan = BatchPlan.load(directory)
-    check = plan.verify(load_lengths(lengths or plan.recorded_lengths()), kernel=_kernel())
+    check = plan.verify(load_lengths(lengths or plan.recorded_lengths()), kernel=kernel_of())
     if as_json:
         emit_json(
             {

@@ -4,32 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from laden.cli.data import _kernel, _options
-from laden.cli.main import emit_json
-from laden.errors import ConfigError, DataError
+from laden.cli.main import emit_json, kernel_of, parse_options
+from laden.errors import DataError
 from laden.files.write import verify_directory, write_batches
 from laden.io import ARTIFACT_KINDS, artifact_kind, prepare_output
-from laden.kernel import Kernel
+from laden.lengths import source_of, tokenizer_of
 from laden.plan import BatchPlan
 from laden.progress import Progress
-
-
-def tokenizer_of(kernel: Kernel, meta: dict[str, Any], options: dict[str, Any]) -> Any:
-    """The tokenizer a length cache was measured with, checked against its hash."""
-    config = dict(meta.get("tokenizer_config") or {"name": meta.get("tokenizer", "bytes")})
-    config.update(options)
-    tokenizer = kernel.create("tokenizer", config, path=("tokenizer",))
-    if meta.get("tokenizer_hash") and tokenizer.fingerprint() != meta["tokenizer_hash"]:
-        raise ConfigError(
-            f"tokenizer {config} is not the one the lengths were measured with "
-            f"(hash {meta['tokenizer_hash']}); pass its settings with -T KEY=VALUE",
-            path=("tokenizer",),
-        )
-    return tokenizer
 
 
 class _Stages:
@@ -106,19 +90,16 @@ def write_command(
         raise click.UsageError("--force starts over and --resume continues: pass one")
     if force:  # refuses what is not a batch directory; write_batches clears it under its lock
         prepare_output(output, "laden.batches", force=True)
-    kernel = _kernel()
+    kernel = kernel_of()
     plan = BatchPlan.load(plan_dir)
     table, dataset = plan.load_inputs(lengths=lengths, dataset=dataset)
-    meta = dict(table.meta)
-    source_config = dict(meta.get("source") or {"name": "jsonl"})
-    source_config["path"] = dataset
-    source = kernel.create("source", source_config, path=("source",))
-    tokenizer = tokenizer_of(kernel, meta, _options(tokenizer_options, "-T"))
+    source = source_of(table, kernel=kernel, dataset=dataset)
+    tokenizer = tokenizer_of(table, kernel=kernel, options=parse_options(tokenizer_options, "-T"))
     writer_strategy = kernel.create(
-        "writer", {"name": writer, **_options(writer_options, "-W")}, path=("writer",)
+        "writer", {"name": writer, **parse_options(writer_options, "-W")}, path=("writer",)
     )
     backend = kernel.create(
-        "backend", {"name": "numpy", **_options(backend_options, "-B")}, path=("backend",)
+        "backend", {"name": "numpy", **parse_options(backend_options, "-B")}, path=("backend",)
     )
     executor = kernel.create("executor", {"name": "local", "workers": workers})
     stages = _Stages()

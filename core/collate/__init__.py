@@ -1,15 +1,10 @@
 """Collation: samples + a batch layout -> host arrays; the backend base class. Re-exports only."""
 
+from laden.collate.backend import CollatingBackend, host_dtypes
+from laden.collate.layout import BatchLayout
 from laden.collate.samples import SourceSamples
-from laden.collate.tokens import (
-    IGNORE_INDEX,
-    BatchLayout,
-    CollatingBackend,
-    Ragged,
-    collate,
-    dense_segment_mask,
-    host_dtypes,
-)
+from laden.collate.tokens import IGNORE_INDEX, collate, dense_segment_mask
+from laden.records import Ragged
 
 __all__ = [
     "IGNORE_INDEX",

@@ -23,11 +23,12 @@ __all__ = ["SourceSamples"]
 class SourceSamples:
     """Samples ``i`` of ``source``, at ``table.offset[i]``, as ``{"input_ids", "loss_mask"?}``.
 
-    Rows that carry pre-tokenized ids (the source's ``ids_field``) are used as
-    they are; others are encoded with ``tokenizer``. A row's ``loss_mask``
-    (the source's ``loss_mask_field``) comes along.
+    ``read_at`` gives samples in laden's field names
+    (:class:`~laden.kinds.IndexedSource`): one with ``input_ids`` is used as
+    it is; otherwise its ``text`` is encoded with ``tokenizer``. A sample's
+    ``loss_mask`` comes along.
 
-    :param source: a source with ``read_at(offsets)`` (``jsonl``).
+    :param source: an indexed source (its ``read_at(offsets)``; ``jsonl``).
     :param tokenizer: the tokenizer the length table was measured with.
     :param table: the length table (its ``offset`` column locates each sample).
     """
@@ -54,19 +55,16 @@ class SourceSamples:
         order = np.argsort(offsets, kind="stable")
         rows = self.source.read_at(offsets[order])
         out: dict[int, dict[str, Any]] = {}
-        ids_field = getattr(self.source, "ids_field", "input_ids")
-        text_field = getattr(self.source, "text_field", "text")
-        mask_field = getattr(self.source, "loss_mask_field", "loss_mask")
         for i, row in zip(ids[order].tolist(), rows, strict=True):
-            given = row.get(ids_field)
+            given = row.get("input_ids")
             tokens = (
                 np.asarray(given, dtype=np.int64)
                 if given is not None
-                else np.asarray(self.tokenizer.encode(row[text_field]), dtype=np.int64)
+                else np.asarray(self.tokenizer.encode(row["text"]), dtype=np.int64)
             )
             sample: dict[str, Any] = {"input_ids": tokens}
-            if row.get(mask_field) is not None:
-                sample["loss_mask"] = np.asarray(row[mask_field], dtype=bool)
+            if row.get("loss_mask") is not None:
+                sample["loss_mask"] = np.asarray(row["loss_mask"], dtype=bool)
             out[i] = sample
         return out
 

@@ -17,132 +17,54 @@ form ``torch.nn.functional.scaled_dot_product_attention`` takes).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
-import attrs
 import numpy as np
 
-from laden.batching import smallest_int
-from laden.errors import ConfigError, DataError
-from laden.records import BatchSpec, PackPlan, csr_take, offsets_from_sizes
-from laden.validators import one_of, optional, positive
+from laden.collate.layout import BatchLayout
+from laden.errors import DataError
+from laden.records import Ragged, offsets_from_sizes
 
-__all__ = [
-    "IGNORE_INDEX",
-    "BatchLayout",
-    "CollatingBackend",
-    "Ragged",
-    "collate",
-    "dense_segment_mask",
-    "host_dtypes",
-]
+__all__ = ["IGNORE_INDEX", "check_fits", "collate", "dense_segment_mask"]
 
 #: The label that losses skip (PyTorch's ``cross_entropy`` default ``ignore_index``).
 IGNORE_INDEX = -100
 
 
-@attrs.frozen(kw_only=True, eq=False)
-class Ragged:
-    """Variable-length rows in CSR form: row ``i`` is ``values[offsets[i]:offsets[i+1]]``."""
-
-    values: np.ndarray
-    offsets: np.ndarray
-
-    @classmethod
-    def from_sequences(cls, sequences: Sequence[Any], dtype: Any = np.int64) -> Ragged:
-        """Concatenate sequences (lists or arrays) into one buffer."""
-        arrays = [np.asarray(s, dtype=dtype).reshape(-1) for s in sequences]
-        offsets = offsets_from_sizes([a.size for a in arrays])
-        values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
-        return cls(values=values, offsets=offsets)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def __len__(self) -> int:
-        return int(self.offsets.size - 1)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.values[self.offsets[i] : self.offsets[i + 1]]
-
-
-@attrs.frozen(kw_only=True, eq=False)
-class BatchLayout:
-    """Where each segment of a batch goes: its row, sample, start in the sample, tokens.
-
-    Segments are in row order and, inside a row, in the order they are laid
-    down; each row is filled from position 0, padding after.
-    """
+class _Segments(NamedTuple):
+    """The non-empty segments of a layout, and where each starts in the batch's token stream."""
 
     sample: np.ndarray
     start: np.ndarray
     length: np.ndarray
     row: np.ndarray
-    num_rows: int
-    row_length: int
-
-    def __attrs_post_init__(self) -> None:
-        for name in ("sample", "start", "length", "row"):
-            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.int64))
-        if self.row.size and (np.diff(self.row) < 0).any():
-            raise ValueError("segments must be in row order")
-        used = np.bincount(self.row, weights=self.length, minlength=self.num_rows)
-        if used.size > self.num_rows or (used > self.row_length).any():
-            raise ValueError(f"a row holds more than row_length={self.row_length} tokens")
+    first: np.ndarray
 
     @classmethod
-    def padded(
-        cls, indices: np.ndarray, lengths: np.ndarray, max_length: int | None = None
-    ) -> BatchLayout:
-        """One sample per row, cut to ``max_length`` (default: the longest)."""
-        indices = np.asarray(indices, dtype=np.int64)
-        own = np.asarray(lengths, dtype=np.int64)[indices]
-        if max_length is None:
-            max_length = int(own.max(initial=0))
+    def of(cls, layout: BatchLayout) -> _Segments:
+        keep = layout.length > 0
+        length = layout.length[keep]
         return cls(
-            sample=indices,
-            start=np.zeros(indices.size, dtype=np.int64),
-            length=np.minimum(own, max_length),
-            row=np.arange(indices.size, dtype=np.int64),
-            num_rows=int(indices.size),
-            row_length=max_length,
+            sample=layout.sample[keep],
+            start=layout.start[keep],
+            length=length,
+            row=layout.row[keep],
+            first=offsets_from_sizes(length)[:-1],
         )
 
-    @classmethod
-    def packed(
-        cls, plan: PackPlan, packs: np.ndarray, row_length: int | None = None
-    ) -> BatchLayout:
-        """The given packs of a pack plan, one per row (``row_length`` defaults to the plan's)."""
-        packs = np.asarray(packs, dtype=np.int64)
-        where, offsets = csr_take(plan.offsets, packs)
-        return cls(
-            sample=plan.order[where],
-            start=plan.seg_start[where],
-            length=plan.seg_length[where],
-            row=np.repeat(np.arange(packs.size, dtype=np.int64), np.diff(offsets)),
-            num_rows=int(packs.size),
-            row_length=plan.max_length if row_length is None else row_length,
-        )
 
-    @classmethod
-    def for_batch(
-        cls, spec: BatchSpec, lengths: np.ndarray, pack_plan: PackPlan | None = None
-    ) -> BatchLayout:
-        """The layout of a sampler's batch: of samples, or of packs when ``pack_plan`` is given."""
-        if pack_plan is None:
-            return cls.padded(spec.indices, lengths, spec.max_length)
-        return cls.packed(pack_plan, spec.indices, spec.max_length)
+class _Tokens(NamedTuple):
+    """Where the batch's samples' tokens are (see :func:`_fetch`)."""
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.length.sum())
+    values: np.ndarray
+    base: np.ndarray  # per distinct sample: where its tokens start in ``values``
+    length: np.ndarray  # per distinct sample: its tokens
+    mask_values: np.ndarray | None
+    mask_base: np.ndarray | None
 
 
-def _fetch(
-    tokens: Any, ids: np.ndarray, loss_mask: Ragged | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+def _fetch(tokens: Any, ids: np.ndarray, loss_mask: Ragged | None) -> _Tokens:
     """Where the given samples' tokens are: ``(values, start, length)`` per sample.
 
     Also the loss-mask ``(values, start)`` when there is one. A Ragged over the
@@ -171,7 +93,63 @@ def _fetch(
         mask_values, mask_base = loss_mask.values, loss_mask.offsets[ids]
     if mask_values is not None:
         mask_values = mask_values.astype(bool, copy=False)
-    return values, base, lengths, mask_values, mask_base
+    return _Tokens(values, base, lengths, mask_values, mask_base)
+
+
+def _check_lengths(segments: _Segments, have: np.ndarray) -> None:
+    """A clear error when a segment reads past its sample's tokens (``have`` per segment)."""
+    short = np.flatnonzero(have < segments.start + segments.length)
+    if short.size:
+        s = int(short[0])
+        raise ValueError(
+            f"sample {int(segments.sample[s])} has {int(have[s])} tokens but the layout "
+            f"reads {int(segments.start[s] + segments.length[s])}; the length table does "
+            "not match the data"
+        )
+
+
+def _token_index(segments: _Segments, sample_base: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Per token of the batch's stream, its index in a buffer of samples.
+
+    :param sample_base: per segment, where its sample starts in that buffer.
+    :param step: ``0, 1, ...`` over the stream's tokens.
+    """
+    index: np.ndarray = np.repeat(sample_base + segments.start - segments.first, segments.length)
+    index += step
+    return index
+
+
+def _targets(
+    stream: np.ndarray,
+    segments: _Segments,
+    token_mask: np.ndarray | None,
+    *,
+    shift_labels: bool,
+    ignore_index: int,
+) -> np.ndarray:
+    """The label of each token of the stream (``ignore_index`` where there is no target)."""
+    targets: np.ndarray = stream.copy()
+    no_target = np.zeros(stream.size, dtype=bool)
+    if shift_labels:  # target of token t is token t+1 of the same segment
+        targets[:-1] = stream[1:]
+        no_target[segments.first + segments.length - 1] = True
+        if token_mask is not None:
+            keep_next = np.ones(stream.size, dtype=bool)
+            keep_next[:-1] = token_mask[1:]
+            no_target |= ~keep_next
+    else:  # the model shifts: a segment's first token is no target
+        no_target[segments.first] = True
+        if token_mask is not None:
+            no_target |= ~token_mask
+    targets[no_target] = ignore_index
+    return targets
+
+
+def _rows(real: np.ndarray, values: np.ndarray, fill: int, dtype: np.dtype[Any]) -> np.ndarray:
+    """A ``real.shape`` array of ``fill`` with ``values`` on the real tokens, row-major."""
+    out: np.ndarray = np.full(real.shape, fill, dtype=dtype)
+    out[real] = values
+    return out
 
 
 def collate(
@@ -190,8 +168,9 @@ def collate(
 
     :param layout: the rows and their segments.
     :param tokens: the samples' token ids, indexed by sample id: a
-        :class:`Ragged` over the dataset, or any mapping/sequence whose items are
-        arrays or mappings with ``input_ids`` (and optionally ``loss_mask``).
+        :class:`~laden.records.Ragged` over the dataset, or any mapping/sequence
+        whose items are arrays or mappings with ``input_ids`` (and optionally
+        ``loss_mask``).
     :param loss_mask: a Ragged over the dataset, 1 where a token is a target.
     :param shift_labels: ``False`` (Hugging Face convention): ``labels[t]`` is
         ``input_ids[t]`` and the model shifts; the first token of every segment
@@ -204,83 +183,44 @@ def collate(
         ``labels``, ``position_ids``, ``segment_ids``, ``attention_mask``); a
         token id it cannot hold is a DataError, never a silent wrap-around.
     """
-    keep = layout.length > 0
-    sample, start, length, row = (
-        layout.sample[keep],
-        layout.start[keep],
-        layout.length[keep],
-        layout.row[keep],
-    )
+    segments = _Segments.of(layout)
     rows, width = layout.num_rows, layout.row_length
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    uniq, local_sample = np.unique(sample, return_inverse=True)
-    values, base, have, mask_values, mask_base = _fetch(tokens, uniq, loss_mask)
-    short = np.flatnonzero(have[local_sample] < start + length)
-    if short.size:
-        s = int(short[0])
-        raise ValueError(
-            f"sample {int(sample[s])} has {int(have[local_sample[s]])} tokens but the "
-            f"layout reads {int(start[s] + length[s])}; the length table does not match the data"
-        )
+    uniq, sample_of = np.unique(segments.sample, return_inverse=True)
+    found = _fetch(tokens, uniq, loss_mask)
+    _check_lengths(segments, found.length[sample_of])
 
-    # Per segment (cheap): where it starts in the batch's token stream, its number in its row.
-    seg_first = offsets_from_sizes(length)[:-1]
-    row_first_seg = np.searchsorted(row, np.arange(rows), side="left")
-    number_in_row = np.arange(row.size, dtype=np.int64) - row_first_seg[row] + 1
     # Rows are filled from position 0, so real tokens are a prefix of each row and
     # the unpadded token stream is the row-major order of ``real``.
-    used = np.bincount(row, weights=length, minlength=rows).astype(np.int64)
+    used = np.bincount(segments.row, weights=segments.length, minlength=rows).astype(np.int64)
     real = np.arange(width)[None, :] < used[:, None]
     # Per token: one gather for the ids, the rest are repeats and prefix writes.
-    total = int(length.sum())
-    step = np.arange(total, dtype=np.int64)
-    local = step - np.repeat(seg_first, length)
-    src = np.repeat(base[local_sample] + start - seg_first, length) + step
-    stream = values[src]
+    step = np.arange(int(segments.length.sum()), dtype=np.int64)
+    stream = found.values[_token_index(segments, found.base[sample_of], step)]
     dtype = np.dtype(dtype)
-    if total and not np.can_cast(stream.dtype, dtype):
-        _check_fits("input_ids", stream, dtype)
-
-    input_ids = np.full((rows, width), pad_id, dtype=dtype)
-    input_ids[real] = stream
-    attention_mask = real.astype(dtype)
-    position_ids = np.zeros((rows, width), dtype=dtype)
-    position_ids[real] = local
-    segment_ids = np.zeros((rows, width), dtype=dtype)
-    segment_ids[real] = np.repeat(number_in_row, length)
-    targets = stream.copy()
-    if shift_labels:  # target of token t is token t+1 of the same segment
-        targets[:-1] = stream[1:]
-        no_target = np.zeros(total, dtype=bool)
-        no_target[seg_first + length - 1] = True
-        if mask_values is not None and mask_base is not None:
-            keep_next = np.ones(total, dtype=bool)
-            keep_next[:-1] = mask_values[
-                np.repeat(mask_base[local_sample] + start - seg_first, length) + step
-            ][1:]
-            no_target |= ~keep_next
-    else:  # the model shifts: a segment's first token is no target
-        no_target = np.zeros(total, dtype=bool)
-        no_target[seg_first] = True
-        if mask_values is not None and mask_base is not None:
-            no_target |= ~mask_values[
-                np.repeat(mask_base[local_sample] + start - seg_first, length) + step
-            ]
-    targets[no_target] = ignore_index
-    labels = np.full((rows, width), ignore_index, dtype=dtype)
-    labels[real] = targets
-    cu_seqlens = np.zeros(length.size + 1, dtype=np.int32)
-    np.cumsum(length, out=cu_seqlens[1:])
+    if stream.size and not np.can_cast(stream.dtype, dtype):
+        check_fits("input_ids", stream, dtype)
+    token_mask = None
+    if found.mask_values is not None and found.mask_base is not None:
+        token_mask = found.mask_values[_token_index(segments, found.mask_base[sample_of], step)]
+    targets = _targets(
+        stream, segments, token_mask, shift_labels=shift_labels, ignore_index=ignore_index
+    )
+    # Segments are numbered 1, 2, ... inside each row.
+    row_first_seg = np.searchsorted(segments.row, np.arange(rows), side="left")
+    number_in_row = np.arange(segments.row.size, dtype=np.int64) - row_first_seg[segments.row] + 1
+    cu_seqlens = np.zeros(segments.length.size + 1, dtype=np.int32)
+    np.cumsum(segments.length, out=cu_seqlens[1:])
     out: dict[str, Any] = {
-        "input_ids": input_ids.reshape(rows, width),
-        "attention_mask": attention_mask.reshape(rows, width),
-        "labels": labels.reshape(rows, width),
-        "position_ids": position_ids.reshape(rows, width),
-        "segment_ids": segment_ids.reshape(rows, width),
+        "input_ids": _rows(real, stream, pad_id, dtype),
+        "attention_mask": real.astype(dtype),
+        "labels": _rows(real, targets, ignore_index, dtype),
+        "position_ids": _rows(real, step - np.repeat(segments.first, segments.length), 0, dtype),
+        "segment_ids": _rows(real, np.repeat(number_in_row, segments.length), 0, dtype),
         "cu_seqlens": cu_seqlens,
-        "max_seqlen": int(length.max(initial=0)),
-        "sample_ids": sample.copy(),
+        "max_seqlen": int(segments.length.max(initial=0)),
+        "sample_ids": segments.sample.copy(),
     }
     if dense_mask is not None:
         out["attn_mask"] = dense_segment_mask(out["segment_ids"], causal=dense_mask == "causal")
@@ -306,108 +246,7 @@ def dense_segment_mask(segment_ids: np.ndarray, *, causal: bool = False) -> np.n
     return out
 
 
-@attrs.frozen(kw_only=True)
-class CollatingBackend:
-    """What the built-in backends share: collation settings, then ``convert``.
-
-    Subclasses give ``name``, ``convert(arrays)`` (host arrays -> framework
-    arrays) and ``as_numpy(value)`` (back, for the conformance check).
-
-    :param pad_id: the token id of padding.
-    :param ignore_index: the label of positions that are no target.
-    :param shift_labels: labels already shifted to the next token (see :func:`collate`).
-    :param pad_to_multiple_of: round the row length up to a multiple of this
-        (8 or 64 suits tensor cores).
-    :param dense_mask: ``block`` or ``causal`` adds the dense ``attn_mask``;
-        ``none`` (default) leaves it out, as it costs O(L²) per row.
-    :param int_dtype: the dtype of the token columns (``input_ids``, ``labels``,
-        ``position_ids``, ``segment_ids``, ``attention_mask``): ``auto``
-        (default) picks the narrowest that holds the vocabulary, ``pad_id`` and
-        ``ignore_index``, which is int32 for every real tokenizer; ``int32`` or
-        ``int64`` force one. ``cu_seqlens`` is int32 (flash-attention's contract)
-        and ``sample_ids`` int64 whatever this says; with ``auto`` a backend may
-        keep columns its framework needs wide (``torch``: ``labels``). A token
-        id that does not fit is a DataError naming the setting to widen.
-    :param vocab_size: the vocabulary size, when known; with ``auto``, a
-        vocabulary beyond int32 makes the token columns int64.
-    """
-
-    name: ClassVar[str] = ""
-    #: Integer columns kept int64 under ``int_dtype = "auto"`` because this
-    #: framework's consumers need them so (e.g. PyTorch losses take int64 targets).
-    wide_columns: ClassVar[tuple[str, ...]] = ()
-
-    pad_id: int = 0
-    ignore_index: int = IGNORE_INDEX
-    shift_labels: bool = False
-    pad_to_multiple_of: int | None = attrs.field(default=None, validator=optional(positive))
-    dense_mask: str = attrs.field(default="none", validator=one_of("none", "block", "causal"))
-    int_dtype: str = attrs.field(default="auto", validator=one_of("auto", "int32", "int64"))
-    vocab_size: int | None = attrs.field(default=None, validator=optional(positive))
-
-    def __attrs_post_init__(self) -> None:
-        if self.int_dtype == "int32":
-            for name in ("pad_id", "ignore_index"):
-                value = getattr(self, name)
-                if smallest_int(value) != np.int32:
-                    raise ConfigError(
-                        f"{value} does not fit int_dtype 'int32'; use int_dtype 'int64'",
-                        path=(name,),
-                    )
-
-    @property
-    def token_dtype(self) -> np.dtype[Any]:
-        """The dtype of the token columns: ``int_dtype``, with ``auto`` resolved."""
-        if self.int_dtype != "auto":
-            return np.dtype(self.int_dtype)
-        top = self.vocab_size - 1 if self.vocab_size is not None else 0
-        return smallest_int(top, self.pad_id, self.ignore_index)
-
-    @property
-    def wide(self) -> tuple[str, ...]:
-        """The columns this backend hands over as int64 although ``token_dtype`` is narrower."""
-        return self.wide_columns if self.int_dtype == "auto" else ()
-
-    def host(
-        self, layout: BatchLayout, tokens: Any, *, loss_mask: Ragged | None = None
-    ) -> dict[str, Any]:
-        """Collated host (numpy) arrays in this backend's dtypes."""
-        arrays = collate(
-            layout,
-            tokens,
-            loss_mask=loss_mask,
-            pad_id=self.pad_id,
-            ignore_index=self.ignore_index,
-            shift_labels=self.shift_labels,
-            pad_to_multiple_of=self.pad_to_multiple_of,
-            dense_mask=None if self.dense_mask == "none" else self.dense_mask,
-            dtype=self.token_dtype,
-        )
-        return host_dtypes(arrays, self.token_dtype, wide=self.wide)
-
-    def collate(
-        self, layout: BatchLayout, tokens: Any, *, loss_mask: Ragged | None = None
-    ) -> Mapping[str, Any]:
-        """Collate one batch and convert it to this backend's arrays."""
-        return self.convert(self.host(layout, tokens, loss_mask=loss_mask))
-
-    def convert(self, arrays: Mapping[str, Any]) -> Mapping[str, Any]:
-        raise NotImplementedError
-
-    def as_numpy(self, value: Any) -> Any:
-        raise NotImplementedError
-
-
-#: Columns whose dtype is fixed by the consumer's contract, whatever ``int_dtype`` says:
-#: flash-attention's varlen kernels take int32 cumulative sequence lengths, and
-#: sample ids index datasets that may hold more than 2**31 samples.
-FIXED_DTYPES: Mapping[str, np.dtype[Any]] = {
-    "cu_seqlens": np.dtype(np.int32),
-    "sample_ids": np.dtype(np.int64),
-}
-
-
-def _check_fits(key: str, array: np.ndarray, dtype: np.dtype[Any]) -> None:
+def check_fits(key: str, array: np.ndarray, dtype: np.dtype[Any]) -> None:
     """A DataError when ``array`` holds a value ``dtype`` cannot (instead of wrapping)."""
     info = np.iinfo(dtype)
     low, high = array.min(), array.max()
@@ -417,32 +256,3 @@ def _check_fits(key: str, array: np.ndarray, dtype: np.dtype[Any]) -> None:
             f"{key!r} holds {value}, which does not fit {dtype.name}; set the backend's "
             f"int_dtype to 'int64' (or its vocab_size to the vocabulary's size)"
         )
-
-
-def host_dtypes(
-    arrays: Mapping[str, Any], int_dtype: Any, *, wide: Sequence[str] = ()
-) -> dict[str, Any]:
-    """C-contiguous numpy arrays, integer columns in ``int_dtype``; plain ints pass through.
-
-    Columns in ``wide`` become int64 and those in :data:`FIXED_DTYPES` keep
-    their fixed dtype. Narrowing checks the values: one that does not fit is a
-    DataError, never a silent wrap-around.
-    """
-    target = np.dtype(int_dtype)
-    out: dict[str, Any] = {}
-    for key, value in arrays.items():
-        if isinstance(value, int | np.integer):
-            out[key] = int(value)
-            continue
-        array = np.asarray(value)
-        want = None
-        if key in FIXED_DTYPES:
-            want = FIXED_DTYPES[key]
-        elif array.dtype.kind in "iu":
-            want = np.dtype(np.int64) if key in wide else target
-        if want is not None and array.dtype != want:
-            if array.size and not np.can_cast(array.dtype, want):
-                _check_fits(key, array, want)
-            array = array.astype(want)
-        out[key] = np.ascontiguousarray(array)
-    return out

@@ -1,5 +1,6 @@
-"""Batch files: the write driver, its manifest, verification and the reader. Re-exports only."""
+"""Batch files: the run manifest, the write driver, verification and the reader. Re-exports only."""
 
+from laden.files.manifest import RunManifest
 from laden.files.read import BatchReader
 from laden.files.write import (
     FORMAT_VERSION,
@@ -7,8 +8,6 @@ from laden.files.write import (
     MANIFEST,
     DiskFullError,
     OutputBusyError,
-    content_digest,
-    file_checksums,
     file_name,
     load_manifest,
     verify_directory,
@@ -22,8 +21,7 @@ __all__ = [
     "BatchReader",
     "DiskFullError",
     "OutputBusyError",
-    "content_digest",
-    "file_checksums",
+    "RunManifest",
     "file_name",
     "load_manifest",
     "verify_directory",

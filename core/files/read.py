@@ -16,24 +16,28 @@ against the manifest's record, so a truncated, altered, or swapped file is a
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import zlib
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from laden.digest import bytes_digest
 from laden.errors import DataError
 from laden.files.write import _identity_problem, load_manifest
+from laden.kinds import BATCH_META
+from laden.prefetch import ordered_prefetch
+from laden.stateful import check_state
 
 __all__ = ["BatchReader"]
 
-_META = ("epoch", "step", "rank", "padding")
+#: The ``kind`` of a reader's state.
+STATE_KIND = "laden.batch_reader"
 
 
 def _nbytes(arrays: Mapping[str, Any]) -> int:
@@ -72,7 +76,8 @@ class BatchReader:
         cost nothing). A manifest written before checksums were recorded for
         reading is checked with its ``blake2b`` (slower).
     :param kernel: announce every batch through ``laden_batch_produced``, and
-        create the writer and backend from (default: ``default_kernel()``).
+        create the writer and backend from (default: laden's builtins only,
+        :func:`~laden.kernel.builtin_kernel`).
     :raises DataError: the directory holds no files for ``epoch`` or ``rank``
         (naming what it holds), the write did not finish or failed, and while
         reading, a missing or damaged file (naming it).
@@ -92,12 +97,12 @@ class BatchReader:
         verify: bool = True,
         kernel: Any = None,
     ) -> None:
-        from laden.kernel import default_kernel
+        from laden.kernel import builtin_kernel
 
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
         self.kernel = kernel
-        factory = kernel if kernel is not None else default_kernel()
+        factory = kernel if kernel is not None else builtin_kernel()
         self.writer = factory.create("writer", self.manifest["writer"], path=("writer",))
         if backend is None or isinstance(backend, str | Mapping):
             backend = factory.create("backend", backend or "numpy", path=("backend",))
@@ -184,7 +189,7 @@ class BatchReader:
             raise DataError(
                 f"{problem}; rerun `laden write --resume` to write it again", file=str(path)
             )
-        host = {k: v for k, v in arrays.items() if k not in _META}
+        host = {k: v for k, v in arrays.items() if k not in BATCH_META}
         self._remember(record["file"], host)
         return host
 
@@ -208,8 +213,7 @@ class BatchReader:
             if "crc32" in record:  # crc32 and blake2b release the GIL on big buffers
                 altered = zlib.crc32(memoryview(buffer)) != record["crc32"]  # type: ignore[arg-type]
             else:
-                digest = hashlib.blake2b(memoryview(buffer), digest_size=16)  # type: ignore[arg-type]
-                altered = digest.hexdigest() != record.get("blake2b")
+                altered = bytes_digest(memoryview(buffer)) != record.get("blake2b")  # type: ignore[arg-type]
             if altered:
                 raise DataError(
                     "checksum mismatch with the manifest (the file was altered); rerun "
@@ -269,38 +273,28 @@ class BatchReader:
                 self._announce(record, batch)
                 yield batch
             return
-        pending: deque[tuple[Mapping[str, Any], Future[dict[str, Any]]]] = deque()
         cap = self.memory_cap // 2  # the other half is the cache's
-        held = 0  # bytes (on-disk size as the estimate) decoded or decoding ahead
-        nxt = 0
         with ThreadPoolExecutor(self.threads, thread_name_prefix="laden-reader") as pool:
+            decoded = ordered_prefetch(
+                lambda record: pool.submit(self._decode, record),
+                records,
+                ahead=self.prefetch,
+                weigh=lambda record: int(record.get("bytes", 0)),  # on-disk size as the estimate
+                budget=cap,
+            )
             try:
-                while True:
-                    while (
-                        nxt < len(records)
-                        and len(pending) < self.prefetch
-                        and (not pending or held + int(records[nxt].get("bytes", 0)) <= cap)
-                    ):
-                        record = records[nxt]
-                        pending.append((record, pool.submit(self._decode, record)))
-                        held += int(record.get("bytes", 0))
-                        nxt += 1
-                    if not pending:
-                        return
-                    record, future = pending.popleft()
-                    host = future.result()
-                    held -= int(record.get("bytes", 0))
+                for record, host in decoded:
                     batch = self._batch(record, host)
                     self._position += 1
                     self._announce(record, batch)
                     yield batch
             finally:
-                for _, future in pending:
-                    future.cancel()
+                decoded.close()  # cancels the decoding not yet started
 
     def state_dict(self) -> dict[str, Any]:
         """The files consumed so far, tied to this directory's plan."""
         return {
+            "kind": STATE_KIND,
             "fingerprint": self.manifest["fingerprint"],
             "rank": self.rank,
             "epoch": self.epoch,
@@ -310,27 +304,16 @@ class BatchReader:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue after the last batch a saved state had consumed."""
-        if state.get("fingerprint") != self.manifest["fingerprint"]:
-            raise DataError(
-                f"the state belongs to plan {state.get('fingerprint')}, "
-                f"not {self.manifest['fingerprint']}"
-            )
-        position = int(state["position"])
         held = f"this reader holds {len(self.records)} files of rank {self.rank}" + (
             f", epoch {self.epoch}" if self.epoch is not None else ""
         )
-        if (
-            state.get("rank") != self.rank
-            or state.get("epoch", self.epoch) != self.epoch
-            or state.get("files", len(self.records)) != len(self.records)
-            or not 0 <= position <= len(self.records)
-        ):
-            where = f"rank {state.get('rank')}" + (
-                f", epoch {state['epoch']}" if state.get("epoch") is not None else ""
-            )
-            raise DataError(
-                f"the state (file {position} of {state.get('files', '?')}, {where}) does not "
-                f"fit: {held}",
-                file=str(self.directory),
-            )
-        self._position = position
+        check_state(
+            state,
+            kind=STATE_KIND,
+            fingerprint=self.manifest["fingerprint"],
+            fits={"rank": self.rank, "epoch": self.epoch, "files": len(self.records)},
+            within={"position": (0, len(self.records))},
+            holds=held,
+            where=str(self.directory),
+        )
+        self._position = int(state["position"])

@@ -5,13 +5,11 @@ batch in an output directory, in parallel through an executor, and keeps a
 ``manifest.json`` there: the plan's fingerprint, the writer and backend
 configs, and per file its epoch, step, rank, size, file checksum and content
 checksum (a digest of the arrays, the same whatever the writer). Every file
-is written under a temporary name, fsynced and renamed; the manifest is
-replaced atomically. After a crash (even ``kill -9``) a rerun with
-``resume=True`` keeps complete files, sweeps temporaries, redoes the rest,
-and ends with the content checksums of an uninterrupted run: every kept file
-is re-checked against the manifest (size and checksum) and a damaged one is
-rewritten. One run at a time: an exclusive lock on ``.laden-write.lock`` in
-the output directory makes a second run into it fail at once.
+is written under a temporary name, fsynced and renamed. The manifest is a
+:class:`~laden.files.manifest.RunManifest`, which owns resume, per-file
+status, recovery after a crash, the disk-full stop and the write lock; this
+module only says what a batch file is: how to make one, and how to read one
+back that was renamed into place but not yet recorded.
 
 A sample that several batches read (one split across packs, or any sample of
 a plan with several epochs) is read and tokenized once per write, into a
@@ -22,17 +20,12 @@ temporary token file in the output directory, and sliced from there.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import functools
-import hashlib
 import itertools
 import os
 import re
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,78 +33,55 @@ from typing import Any
 import attrs
 import numpy as np
 
+from laden.batching import smallest_int
 from laden.collate import BatchLayout
 from laden.collate.samples import SourceSamples
-from laden.errors import ConfigError, DataError, LadenError, add_note
-from laden.io import atomic_open, file_digest, plain_json, read_json, write_json
+from laden.digest import content_digest
+from laden.errors import DataError
+from laden.files.manifest import (
+    LOCK,
+    MANIFEST,
+    DiskFullError,
+    OutputBusyError,
+    RunManifest,
+    failure,
+    file_problem,
+    file_record,
+    is_disk_full,
+)
+from laden.files.manifest import load_manifest as _load_manifest
+from laden.io import atomic_open
 from laden.plan import BatchPlan
-from laden.records import LengthTable, array_digest, csr_take
+from laden.records import LengthTable, csr_take
 from laden.serde import config_of
 
 __all__ = [
     "FORMAT_VERSION",
+    "KIND",
     "LOCK",
     "MANIFEST",
     "DiskFullError",
     "OutputBusyError",
-    "content_digest",
-    "file_checksums",
     "file_name",
     "load_manifest",
     "verify_directory",
     "write_batches",
 ]
 
-MANIFEST = "manifest.json"
-#: The lock file of a running ``laden write`` (holds its pid).
-LOCK = ".laden-write.lock"
 #: The temporary token file of samples read by several batches (``.tmp``: swept on resume).
 _TOKENS = ".laden-tokens"
 #: Below this many shared tokens, they are tokenized in this process (no worker start-up).
 _INLINE_TOKENS = 1 << 18
 #: Version of the manifest layout.
 FORMAT_VERSION = 1
-#: Errors that mean the disk (or a size cap) is full: stop, keep what is written.
-_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+#: The artifact kind of a batch file directory.
+KIND = "laden.batches"
 _NAME = re.compile(r"^e(\d{4})-s(\d{7})-r(\d{3})(\.\w+)$")
-
-
-class DiskFullError(LadenError, OSError):
-    """No room left for the next batch file; everything written so far is kept."""
-
-
-class OutputBusyError(LadenError):
-    """Another ``laden write`` holds the output directory."""
 
 
 def file_name(epoch: int, step: int, rank: int, suffix: str) -> str:
     """``e0001-s0000042-r000.npz``: sorts in plan order."""
     return f"e{epoch:04d}-s{step:07d}-r{rank:03d}{suffix}"
-
-
-def content_digest(arrays: Mapping[str, Any]) -> str:
-    """A digest of the columns (names, dtypes, shapes, values), whatever the file format."""
-    keys = sorted(k for k in arrays if k not in ("epoch", "step", "rank", "padding"))
-    parts = [np.frombuffer("\0".join(keys).encode(), dtype=np.uint8)]
-    parts += [np.asarray(arrays[k]) for k in keys]
-    return array_digest(*parts)
-
-
-def file_checksums(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> tuple[int, str, int]:
-    """``(size, blake2b, crc32)`` of a file, read once.
-
-    ``blake2b`` is the manifest's file checksum (what ``laden verify`` checks,
-    equal to :func:`laden.io.file_digest`); ``crc32`` is the cheap one
-    :class:`~laden.files.read.BatchReader` checks on every read.
-    """
-    h = hashlib.blake2b(digest_size=16)
-    crc = size = 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            crc = zlib.crc32(block, crc)
-            size += len(block)
-    return size, h.hexdigest(), crc
 
 
 def _identity_problem(arrays: Mapping[str, Any], record: Mapping[str, Any]) -> str | None:
@@ -321,7 +291,6 @@ def _tokenize_ahead(
     )
     sizes, masked = [], []
     dtype: type[np.signedinteger[Any]] = np.int32
-    narrow = np.iinfo(np.int32)
     count = 0
     work = functools.partial(_tokenize_chunk, context)
     # A few tokens are quicker to tokenize here than to start worker processes for.
@@ -336,7 +305,7 @@ def _tokenize_ahead(
             if (
                 dtype is np.int32
                 and ids.size
-                and (ids.min() < narrow.min or ids.max() > narrow.max)
+                and smallest_int(int(ids.min()), int(ids.max())) != np.int32
             ):
                 # An id beyond int32: widen what is written so far.
                 ids_file.flush()
@@ -402,29 +371,15 @@ def _write_one(context: _Context, task: _Task) -> dict[str, Any]:
         path = Path(context.output) / name
         with atomic_open(path) as f:
             context.writer.write(f, arrays, meta)
-        size, blake2b, crc32 = file_checksums(path)
-    except OSError as exc:
-        if exc.errno in _FULL:
-            raise DiskFullError(exc.errno, f"no room to write {name}: {exc.strerror}") from None
-        return {
-            **record,
-            "status": "failed",
-            "error": f"{type(exc).__name__}: {exc}",
-            "_tokenized": samples.tokenized if samples else 0,
-        }
+        checksums = file_record(path)
     except Exception as exc:
-        return {
-            **record,
-            "status": "failed",
-            "error": f"{type(exc).__name__}: {exc}",
-            "_tokenized": samples.tokenized if samples else 0,
-        }
+        if is_disk_full(exc):  # stop the run: the next file would not fit either
+            raise DiskFullError(exc.errno, f"no room to write {name}: {exc.strerror}") from None
+        return {**record, **failure(exc), "_tokenized": samples.tokenized if samples else 0}
     return {
         **record,
         "status": "ok",
-        "bytes": size,
-        "blake2b": blake2b,
-        "crc32": crc32,
+        **checksums,
         "content": content_digest(arrays),
         "_tokenized": samples.tokenized,
     }
@@ -455,17 +410,8 @@ def _tasks(plan: BatchPlan, table: LengthTable, skip: set[str], suffix: str) -> 
 
 
 def load_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of an output directory (DataError naming it when damaged)."""
-    path = Path(directory) / MANIFEST
-    manifest = read_json(path)
-    if not isinstance(manifest, dict) or "files" not in manifest:
-        raise DataError("not a laden batch manifest", file=str(path))
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise DataError(
-            f"format_version {manifest['format_version']} is newer than this laden reads",
-            file=str(path),
-        )
-    return manifest
+    """The manifest of a batch file directory (DataError naming it when damaged)."""
+    return _load_manifest(directory, kind=KIND, version=FORMAT_VERSION)
 
 
 def _check_inputs(plan: BatchPlan, table: LengthTable, source: Any) -> None:
@@ -474,7 +420,7 @@ def _check_inputs(plan: BatchPlan, table: LengthTable, source: Any) -> None:
         raise DataError("the length table has no byte offsets; build it with `laden lengths build`")
     recorded = table.meta.get("dataset_digest")
     if recorded is not None:
-        actual = file_digest(source.path)
+        actual = source.fingerprint()
         if actual != recorded:
             raise DataError(
                 f"the dataset no longer matches the length table (digest {actual}, the table "
@@ -483,113 +429,23 @@ def _check_inputs(plan: BatchPlan, table: LengthTable, source: Any) -> None:
             )
 
 
-def _kept_file_problem(path: Path, record: Mapping[str, Any]) -> str | None:
-    """Why a file the manifest lists as written may not be kept (None: it is intact)."""
-    try:
-        size = path.stat().st_size
-        if size != record.get("bytes"):
-            return f"{size} bytes, the manifest says {record.get('bytes')}"
-        if "crc32" in record:
-            _, _, crc = file_checksums(path)
-            if crc != record["crc32"]:
-                return "checksum mismatch (the file was altered)"
-        elif file_digest(path) != record.get("blake2b"):
-            return "checksum mismatch (the file was altered)"
-    except FileNotFoundError:
-        return "missing"
-    return None
+def _is_batch_file(name: str) -> bool:
+    return _NAME.match(name) is not None
 
 
-def _recover(
-    output: Path,
-    writer: Any,
-    manifest: dict[str, Any],
-    progress: Callable[[int, int | None], None] | None = None,
-) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Intact files of an interrupted run, and the damaged ones (name -> why) it deleted.
-
-    Every file the manifest lists is re-checked (size and checksum): a
-    truncated, altered, swapped or missing file is not kept, so it is written
-    again. Files renamed into place after the last manifest update are read
-    back and kept when readable and holding the batch their name says.
-    """
-    for stale in output.glob(".*.tmp"):  # a file being written when the run died
-        stale.unlink(missing_ok=True)
-    done: dict[str, dict[str, Any]] = {}
-    damaged: dict[str, str] = {}
-    listed = [
-        (name, record)
-        for name, record in manifest.get("files", {}).items()
-        if record.get("status") == "ok"
-    ]
-    for count, (name, record) in enumerate(listed, 1):
-        problem = _kept_file_problem(output / name, record)
-        if problem is None:
-            done[name] = record
-        else:
-            damaged[name] = problem
-            (output / name).unlink(missing_ok=True)
-        if progress is not None:
-            progress(count, len(listed))
-    for path in sorted(output.iterdir()):
-        match = _NAME.match(path.name)
-        if path.name in done or not match:
-            continue
-        epoch, step, rank = (int(g) for g in match.groups()[:3])
-        new = {"file": path.name, "epoch": epoch, "step": step, "rank": rank}
-        # Renamed into place (so complete) but the manifest was not updated yet.
-        try:
-            arrays = writer.read(str(path))
-            problem = _identity_problem(arrays, new)
-        except Exception as exc:
-            problem = f"unreadable ({type(exc).__name__})"
-        if problem is not None:
-            damaged[path.name] = problem
-            path.unlink(missing_ok=True)  # write it again
-            continue
-        size, blake2b, crc32 = file_checksums(path)
-        done[path.name] = {
-            **new,
-            "padding": bool(np.asarray(arrays.get("padding", False))),
-            "status": "ok",
-            "bytes": size,
-            "blake2b": blake2b,
-            "crc32": crc32,
-            "content": content_digest(arrays),
-        }
-    return done, damaged
-
-
-@contextlib.contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """Hold the output directory's write lock (``flock``; the kernel frees it when the
-    process dies, however it dies). Another holder is an :class:`OutputBusyError`."""
-    path = out / LOCK
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise OutputBusyError(
-                f"another laden write is running in {out} (pid {holder}); wait for it to "
-                "finish, or stop it and rerun with --resume"
-            ) from None
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # its holder removed it as we opened it: lock the new one
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # still locked: no one else holds this inode
-        os.close(fd)
+def _adopt(writer: Any, path: Path) -> dict[str, Any] | str:
+    """A batch file renamed into place but not recorded: its record when it holds the
+    batch its name says (else why not; an exception: unreadable)."""
+    match = _NAME.match(path.name)
+    assert match is not None
+    epoch, step, rank = (int(g) for g in match.groups()[:3])
+    record = {"file": path.name, "epoch": epoch, "step": step, "rank": rank}
+    arrays = writer.read(str(path))
+    problem = _identity_problem(arrays, record)
+    if problem is not None:
+        return problem
+    padding = bool(np.asarray(arrays.get("padding", False)))
+    return {**record, "padding": padding, "content": content_digest(arrays)}
 
 
 def write_batches(
@@ -635,189 +491,110 @@ def write_batches(
         ``tokens_tokenized`` (tokens read from the dataset and tokenized, or
         taken from its ids), ``seconds``.
     """
-    from laden.kernel import default_kernel
+    from laden.kernel import builtin_kernel
 
     started = time.perf_counter()
     _check_inputs(plan, table, source)
-    kernel = default_kernel()
+    kernel = builtin_kernel()  # the builtin numpy backend and local executor
     backend = backend if backend is not None else kernel.create("backend", "numpy")
     executor = (
         executor
         if executor is not None
         else kernel.create("executor", {"name": "local", "workers": 0})
     )
-    out = Path(output)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".laden-write-probe"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write to {out}: {exc.strerror}", path=("output",)) from None
-    with _exclusive(out):
-        return _write_locked(
-            plan,
-            table,
-            source,
-            tokenizer,
-            writer,
-            out,
-            backend=backend,
-            executor=executor,
+    manifest = RunManifest(
+        output,
+        kind=KIND,
+        version=FORMAT_VERSION,
+        identity={
+            "fingerprint": plan.fingerprint,
+            "rank": plan.rank,
+            "world_size": plan.world_size,
+            "writer": config_of(writer),
+            "backend": config_of(backend),
+        },
+        owns=_is_batch_file,
+        flush_seconds=flush_seconds,
+    )
+    out = manifest.directory
+    with manifest.locked():
+        kept = manifest.open(
             resume=resume,
             force=force,
-            progress=progress,
-            stage_progress=stage_progress,
-            tokenize_once=tokenize_once,
-            flush_seconds=flush_seconds,
-            started=started,
+            adopt=functools.partial(_adopt, writer),
+            progress=_stage(stage_progress, "checking kept files"),
         )
-
-
-def _write_locked(
-    plan: BatchPlan,
-    table: LengthTable,
-    source: Any,
-    tokenizer: Any,
-    writer: Any,
-    out: Path,
-    *,
-    backend: Any,
-    executor: Any,
-    resume: bool,
-    force: bool,
-    progress: Callable[[int, int | None], None] | None,
-    stage_progress: Callable[[str, int, int | None], None] | None,
-    tokenize_once: bool,
-    flush_seconds: float,
-    started: float,
-) -> dict[str, Any]:
-    identity = {
-        "fingerprint": plan.fingerprint,
-        "rank": plan.rank,
-        "world_size": plan.world_size,
-        "writer": config_of(writer),
-        "backend": config_of(backend),
-    }
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "kind": "laden.batches",
-        **identity,
-        "files": {},
-    }
-    if force and resume:
-        raise ConfigError("force starts over and resume continues: pass one", path=("output",))
-    if force and (out / MANIFEST).exists():
-        load_manifest(out)  # only a batch directory laden wrote
-        for path in out.iterdir():
-            ours = path.name == MANIFEST or _NAME.match(path.name)
-            temporary = path.name.startswith(".") and path.name.endswith(".tmp")
-            if (ours or temporary) and path.is_file():
-                path.unlink(missing_ok=True)
-    if (out / MANIFEST).exists():
-        if not resume:
-            raise ConfigError(
-                f"{out} already holds a batch manifest; pass --resume to continue that run "
-                "or choose an empty directory",
-                path=("output",),
-            )
-        previous = load_manifest(out)
-        for key, value in identity.items():
-            if plain_json(previous.get(key)) != plain_json(value):
-                raise ConfigError(
-                    f"cannot resume: the manifest's {key} is {previous.get(key)!r}, "
-                    f"this run's is {value!r}",
-                    path=("output",),
+        context = _Context(
+            source=source,
+            tokenizer=tokenizer,
+            writer=writer,
+            backend=backend,
+            output=str(out),
+            fingerprint=plan.fingerprint,
+        )
+        tokenized = 0
+        with manifest.guard():
+            try:
+                shared = (
+                    _shared_samples(plan, table, _kept_steps(kept, plan.rank))
+                    if tokenize_once and _todo(plan, kept)
+                    else np.zeros(0, dtype=np.int64)
                 )
-        manifest["files"] = previous["files"]
-    elif any(p.name != LOCK for p in out.iterdir()):  # with --resume too: not laden's run
-        raise ConfigError(f"{out} is not empty; choose an empty directory", path=("output",))
-
-    def stage(what: str) -> Callable[[int, int | None], None] | None:
-        if stage_progress is None:
-            return None
-        return functools.partial(stage_progress, what)
-
-    done, damaged = (
-        _recover(out, writer, manifest, stage("checking kept files")) if resume else ({}, {})
-    )
-    manifest["files"] = dict(done)
-    total = plan.total_steps
-    todo = total - sum(1 for name in done if _NAME.match(name))
-    written = failed = tokenized = 0
-    last_flush = time.monotonic()
-
-    def flush(complete: bool = False) -> None:
-        manifest["complete"] = complete
-        manifest["files"] = dict(sorted(manifest["files"].items()))
-        write_json(out / MANIFEST, plain_json(manifest))
-
-    flush()
-    context = _Context(
-        source=source,
-        tokenizer=tokenizer,
-        writer=writer,
-        backend=backend,
-        output=str(out),
-        fingerprint=plan.fingerprint,
-    )
-    try:
-        if tokenize_once and todo:
-            skip = {
-                (int(m.group(1)), int(m.group(2)))
-                for m in map(_NAME.match, done)
-                if m and int(m.group(3)) == plan.rank
-            }
-            shared = _shared_samples(plan, table, skip)
-            if shared.size:
-                context = attrs.evolve(context, tokens=f"{_TOKENS}-{uuid.uuid4().hex[:12]}")
-                tokenized += _tokenize_ahead(
-                    context, shared, table, executor, stage("tokenizing shared samples")
-                )
-        tasks = _tasks(plan, table, set(done), writer.suffix)
-        for record in executor.map(
-            functools.partial(_write_one, context), tasks, total=todo, progress=progress
-        ):
-            tokenized += record.pop("_tokenized", 0)
-            manifest["files"][record["file"]] = record
-            if record["status"] == "ok":
-                written += 1
-            else:
-                failed += 1
-            if time.monotonic() - last_flush >= flush_seconds:
-                flush()
-                last_flush = time.monotonic()
-    except KeyboardInterrupt as exc:
-        flush()  # what is done stays done
-        add_note(exc, f"the files written so far are kept in {out}; rerun with --resume")
-        raise
-    except DiskFullError:
-        flush()
-        raise
-    except OSError as exc:
-        if exc.errno in _FULL:
-            flush()
-            raise DiskFullError(exc.errno, f"no room left in {out}: {exc.strerror}") from None
-        raise
-    except BaseException:  # Ctrl-C, a bug: record what was written, for --resume
-        with contextlib.suppress(OSError):
-            flush()
-        raise
-    finally:
-        _remove_tokens(out, context.tokens)
-    ok = sum(1 for r in manifest["files"].values() if r["status"] == "ok")
-    flush(complete=ok == total)
+                if shared.size:
+                    context = attrs.evolve(context, tokens=f"{_TOKENS}-{uuid.uuid4().hex[:12]}")
+                    stage = _stage(stage_progress, "tokenizing shared samples")
+                    tokenized += _tokenize_ahead(context, shared, table, executor, stage)
+                tokenized += _write_all(manifest, context, plan, table, executor, progress)
+            finally:
+                _remove_tokens(out, context.tokens)
+        manifest.finish(plan.total_steps)
     return {
-        "written": written,
-        "kept": len(done),
-        "damaged": len(damaged),
-        "damaged_files": dict(sorted(damaged.items())),
-        "failed": failed,
-        "total": total,
+        "written": manifest.added["ok"],
+        "kept": len(kept),
+        "damaged": len(manifest.damaged),
+        "damaged_files": dict(sorted(manifest.damaged.items())),
+        "failed": manifest.added["failed"],
+        "total": plan.total_steps,
         "tokens_tokenized": tokenized,
         "seconds": time.perf_counter() - started,
         "output": str(out),
     }
+
+
+def _stage(
+    stage_progress: Callable[[str, int, int | None], None] | None, what: str
+) -> Callable[[int, int | None], None] | None:
+    return None if stage_progress is None else functools.partial(stage_progress, what)
+
+
+def _todo(plan: BatchPlan, kept: Mapping[str, Any]) -> int:
+    """Batch files still to write."""
+    return plan.total_steps - sum(1 for name in kept if _NAME.match(name))
+
+
+def _kept_steps(kept: Mapping[str, Any], rank: int) -> set[tuple[int, int]]:
+    """``(epoch, step)`` of this rank's batch files kept from before."""
+    matches = (_NAME.match(name) for name in kept)
+    return {(int(m.group(1)), int(m.group(2))) for m in matches if m and int(m.group(3)) == rank}
+
+
+def _write_all(
+    manifest: RunManifest,
+    context: _Context,
+    plan: BatchPlan,
+    table: LengthTable,
+    executor: Any,
+    progress: Callable[[int, int | None], None] | None,
+) -> int:
+    """Write every batch file not kept, recording each; returns the tokens tokenized."""
+    kept = manifest.kept
+    tasks = _tasks(plan, table, set(kept), context.writer.suffix)
+    tokenized = 0
+    work = functools.partial(_write_one, context)
+    for record in executor.map(work, tasks, total=_todo(plan, kept), progress=progress):
+        tokenized += record.pop("_tokenized", 0)
+        manifest.add(record["file"], record)
+    return tokenized
 
 
 def verify_directory(directory: str | os.PathLike[str]) -> list[str]:
@@ -830,15 +607,9 @@ def verify_directory(directory: str | os.PathLike[str]) -> list[str]:
         if record.get("status") != "ok":
             problems.append(f"{path}: failed when written ({record.get('error')})")
             continue
-        if not path.exists():
-            problems.append(f"{path}: missing")
-            continue
-        size = path.stat().st_size
-        if size != record["bytes"]:
-            problems.append(f"{path}: {size} bytes, the manifest says {record['bytes']}")
-            continue
-        if file_digest(path) != record["blake2b"]:
-            problems.append(f"{path}: checksum mismatch (the file was altered)")
+        problem = file_problem(path, record, thorough=True)
+        if problem is not None:
+            problems.append(f"{path}: {problem}")
     if not manifest.get("complete"):
         problems.append(f"{root / MANIFEST}: the run did not finish (use `laden write --resume`)")
     return problems

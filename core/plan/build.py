@@ -1,12 +1,13 @@
 """Batch plans: every batch of every epoch fixed ahead of training.
 
-A :class:`BatchPlan` holds the run config, the length table's digest, the
-optional pack plan and one columnar :class:`~laden.records.EpochPlan` per
-epoch. Its fingerprint covers all of them, so two plans with the same
-fingerprint give the same batches. A plan can be saved and loaded (zstd
-arrays + JSON metadata with checksums, written atomically), verified against
-a rebuild, sharded per rank with the same number of steps on every rank, and
-resumed at any ``(epoch, step)``.
+A :class:`BatchPlan` is a frozen record: the run config, the length table's
+digest, the optional pack plan and one columnar :class:`~laden.records.EpochPlan`
+per epoch. Its fingerprint covers all of them, so two plans with the same
+fingerprint give the same batches. This module builds plans and fingerprints
+them; the family does the rest: :mod:`~laden.plan.shard` (per rank, the same
+number of steps on every rank), :mod:`~laden.plan.verify` (against a rebuild),
+:mod:`~laden.plan.store` (save and load) and :mod:`~laden.plan.cursor` (where
+iteration stands, resumable at any ``(epoch, step)``).
 """
 
 from __future__ import annotations
@@ -19,46 +20,23 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy as np
 
-from laden.batching import smallest_uint
+from laden.digest import array_digest, canonical_json, digest
 from laden.errors import ConfigError, DataError
-from laden.io import (
-    atomic_directory,
-    plain_json,
-    read_array,
-    read_json,
-    write_array,
-    write_json,
-)
 from laden.records import (
     BatchSpec,
     EpochPlan,
     LengthTable,
     PackPlan,
-    array_digest,
-    csr_take,
-    offsets_from_sizes,
 )
-from laden.seeding import rng_for
-from laden.serde import canonical_json, config_of, digest
+from laden.serde import config_of
 
 if TYPE_CHECKING:
     from laden.config import RunConfig
     from laden.kernel import Kernel
+    from laden.plan.cursor import PlanCursor
+    from laden.plan.verify import PlanCheck
 
-__all__ = ["FORMAT_VERSION", "KIND", "BatchPlan", "PlanCheck"]
-
-#: Version of the on-disk layout; a newer one is refused, older ones are read.
-FORMAT_VERSION = 1
-#: The ``kind`` in a saved plan's meta.json.
-KIND = "laden.plan"
-
-_EMPTY = np.zeros(0, dtype=np.int64)
-
-
-def _take_batches(plan: EpochPlan, batches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(order, offsets)`` of the given batches of ``plan``, in that order (vectorized)."""
-    where, offsets = csr_take(plan.offsets, batches)
-    return plan.order[where], offsets
+__all__ = ["BatchPlan"]
 
 
 def _batch_tokens(plan: EpochPlan, lengths: np.ndarray) -> np.ndarray:
@@ -71,25 +49,14 @@ def _batch_tokens(plan: EpochPlan, lengths: np.ndarray) -> np.ndarray:
     return out
 
 
-@attrs.frozen(kw_only=True)
-class PlanCheck:
-    """The result of :meth:`BatchPlan.verify`: ``ok``, or where the first difference is."""
-
-    ok: bool
-    reason: str = ""
-    epoch: int | None = None
-    batch: int | None = None
-
-    def __bool__(self) -> bool:
-        return self.ok
-
-
-@attrs.define(kw_only=True, eq=False)
+@attrs.frozen(kw_only=True, eq=False)
 class BatchPlan:
     """Every batch of every epoch, with the config and inputs that made them.
 
     Build with :meth:`build` (or :meth:`from_config`), never by hand. Units
-    are samples, or packs of ``pack`` when a packer was used.
+    are samples, or packs of ``pack`` when a packer was used. A plan never
+    changes once built; where an iteration over it stands is a
+    :meth:`cursor`'s business.
     """
 
     config: Mapping[str, Any]
@@ -101,18 +68,20 @@ class BatchPlan:
     pack: PackPlan | None = None
     rank: int = 0
     world_size: int = 1
+    #: Per epoch, which batches are repeats that only pad a shard (default: none).
     padding: tuple[np.ndarray, ...] = ()
     shard_report: Mapping[str, Any] = attrs.field(factory=dict)
     #: Where the inputs were (absolute paths and digests of the length cache and
     #: dataset), so ``laden write`` finds them; not part of the fingerprint.
     inputs: Mapping[str, Any] = attrs.field(factory=dict)
-    fingerprint: str = ""
-    _cursor: tuple[int, int] = (0, 0)
+    fingerprint: str = attrs.field(init=False, default="")
 
     def __attrs_post_init__(self) -> None:
+        # The two derived fields of a frozen record, set once here.
         if not self.padding:
-            self.padding = tuple(np.zeros(len(e), dtype=bool) for e in self.epochs)
-        self.fingerprint = self._digest()
+            padding = tuple(np.zeros(len(e), dtype=bool) for e in self.epochs)
+            object.__setattr__(self, "padding", padding)
+        object.__setattr__(self, "fingerprint", self._digest())
 
     # ----------------------------------------------------------------- build
 
@@ -310,29 +279,16 @@ class BatchPlan:
                 yield e, s, attrs.evolve(plan[s], padding=bool(pad[s]))
 
     def __iter__(self) -> Iterator[tuple[int, int, BatchSpec]]:
-        """From the resume point (see :meth:`load_state_dict`), advancing it as it goes."""
-        for e, s, spec in self.iter_from(*self._cursor):
-            self._cursor = (e, s + 1) if s + 1 < len(self.epochs[e]) else (e + 1, 0)
-            yield e, s, spec
+        """Every ``(epoch, step, batch)`` from the start; :meth:`cursor` to resume."""
+        return self.iter_from()
 
-    def state_dict(self) -> dict[str, Any]:
-        """Where iteration stands: the next ``(epoch, step)``, tied to this plan."""
-        return {"fingerprint": self.fingerprint, "epoch": self._cursor[0], "step": self._cursor[1]}
+    def cursor(self, epoch: int = 0, step: int = 0) -> PlanCursor:
+        """A resumable position in this plan (``state_dict``/``load_state_dict``)."""
+        from laden.plan.cursor import PlanCursor
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume at a saved position; refuses a state of another plan."""
-        if state.get("fingerprint") != self.fingerprint:
-            raise DataError(
-                f"the state belongs to plan {state.get('fingerprint')}, not {self.fingerprint}"
-            )
-        epoch, step = int(state["epoch"]), int(state["step"])
-        if not (0 <= epoch <= self.num_epochs) or (
-            epoch < self.num_epochs and not 0 <= step <= len(self.epochs[epoch])
-        ):
-            raise DataError(f"no step {step} in epoch {epoch} of this plan")
-        self._cursor = (epoch, step)
+        return PlanCursor(self, epoch, step)
 
-    # -------------------------------------------------------------- sharding
+    # -------------------------------------------------- the family's methods
 
     def shard(self, rank: int, world_size: int, *, remainder: str = "pad") -> BatchPlan:
         """Rank ``rank``'s batches: disjoint, the same number of steps on every rank.
@@ -343,78 +299,11 @@ class BatchPlan:
         rank waits long for the slowest. When the batches do not divide
         evenly, ``remainder="pad"`` repeats batches marked as padding
         (``BatchSpec.padding``; skip them in the loss) and ``"drop"`` drops the
-        cheapest, counted in ``shard_report``.
+        cheapest, counted in ``shard_report``. See :mod:`laden.plan.shard`.
         """
-        if self.world_size != 1:
-            raise ConfigError(
-                f"this plan is already a shard (rank {self.rank} of {self.world_size}); "
-                "shard the full plan"
-            )
-        if world_size < 1:
-            raise ConfigError(f"must be >= 1, got {world_size}", path=("world_size",))
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"{rank} is not in 0..{world_size - 1}", path=("rank",))
-        if remainder not in ("pad", "drop"):
-            raise ConfigError(f"must be 'pad' or 'drop', got {remainder!r}", path=("remainder",))
-        epochs, tokens, padding = [], [], []
-        report: dict[str, Any] = {
-            "remainder": remainder,
-            "padding_batches": [],
-            "dropped_batches": [],
-            "dropped_samples": [],
-            "dropped_tokens": [],
-            "step_imbalance": [],
-        }
-        seed = int(self.config.get("seed", 0))
-        for e, plan in enumerate(self.epochs):
-            groups, pad = _deal(plan, world_size, remainder, rng_for(seed, e, "shard"))
-            at = np.arange(groups.shape[0])
-            mine, mine_pad = groups[at, (rank + at) % world_size], pad[at, (rank + at) % world_size]
-            order, offsets = _take_batches(plan, mine)
-            epochs.append(
-                EpochPlan(
-                    order=order,
-                    offsets=offsets,
-                    max_length=plan.max_length[mine],
-                    bucket=plan.bucket[mine],
-                    epoch=plan.epoch,
-                    seed=plan.seed,
-                    dropped=plan.dropped,
-                    truncated=plan.truncated,
-                    report=plan.report,
-                )
-            )
-            tokens.append(self.batch_tokens[e][mine])
-            padding.append(mine_pad)
-            used = np.zeros(len(plan), dtype=bool)
-            used[groups[~pad]] = True
-            report["padding_batches"].append(int(pad.sum()))
-            report["dropped_batches"].append(int((~used).sum()))
-            report["dropped_samples"].append(int(plan.batch_sizes[~used].sum()))
-            report["dropped_tokens"].append(int(self.batch_tokens[e][~used].sum()))
-            cost = (plan.batch_sizes * plan.max_length)[groups]
-            if cost.size:  # how much of the slowest rank's step the fastest rank waits
-                top = cost.max(axis=1)
-                spread = (top - cost.min(axis=1)) / np.maximum(top, 1)
-                report["step_imbalance"].append(round(float(spread.mean()), 6))
-            else:
-                report["step_imbalance"].append(0.0)
-        return BatchPlan(
-            config=self.config,
-            table_digest=self.table_digest,
-            num_samples=self.num_samples,
-            num_units=self.num_units,
-            epochs=tuple(epochs),
-            batch_tokens=tuple(tokens),
-            pack=self.pack,
-            rank=rank,
-            world_size=world_size,
-            padding=tuple(padding),
-            shard_report=report,
-            inputs=self.inputs,
-        )
+        from laden.plan.shard import shard_plan
 
-    # ---------------------------------------------------------------- verify
+        return shard_plan(self, rank, world_size, remainder=remainder)
 
     def require_table(self, table: LengthTable) -> None:
         """Raise a DataError unless ``table`` is the length table the plan was built from."""
@@ -426,54 +315,14 @@ class BatchPlan:
             )
 
     def verify(self, table: LengthTable, *, kernel: Kernel | None = None) -> PlanCheck:
-        """Rebuild from the config and ``table`` and compare, batch by batch."""
-        from laden.kernel import Kernel
+        """Rebuild from the config and ``table`` and compare, batch by batch.
 
-        digest = table.digest()
-        if digest != self.table_digest:
-            return PlanCheck(
-                ok=False,
-                reason=f"the length table differs (digest {digest}, "
-                f"the plan was built from {self.table_digest})",
-            )
-        kernel = kernel or Kernel()
-        sampler = kernel.create("sampler", self.config["sampler"], path=("sampler",))
-        packer_config = self.config.get("packer")
-        packer = kernel.create("packer", packer_config, path=("packer",)) if packer_config else None
-        rebuilt = BatchPlan.build(
-            table,
-            sampler,
-            packer,
-            epochs=int(self.config["epochs"]),
-            seed=int(self.config["seed"]),
-        )
-        if self.world_size > 1:
-            rebuilt = rebuilt.shard(
-                self.rank, self.world_size, remainder=self.shard_report.get("remainder", "pad")
-            )
-        if self.pack is not None and rebuilt.pack is not None:
-            names = ("order", "offsets", "seg_length", "seg_start")
-            for name in names:
-                if not np.array_equal(getattr(self.pack, name), getattr(rebuilt.pack, name)):
-                    return PlanCheck(ok=False, reason=f"the pack plan differs ({name})")
-        if rebuilt.num_epochs != self.num_epochs:
-            return PlanCheck(
-                ok=False, reason=f"{self.num_epochs} epochs, a rebuild has {rebuilt.num_epochs}"
-            )
-        for e, (mine, theirs) in enumerate(zip(self.epochs, rebuilt.epochs, strict=True)):
-            batch = _first_difference(mine, theirs, self.padding[e], rebuilt.padding[e])
-            if batch is not None:
-                return PlanCheck(
-                    ok=False,
-                    reason=f"epoch {e}, batch {batch} differs from a rebuild",
-                    epoch=e,
-                    batch=batch,
-                )
-        if rebuilt.fingerprint != self.fingerprint:
-            return PlanCheck(ok=False, reason="the fingerprint differs from a rebuild")
-        return PlanCheck(ok=True)
+        :param kernel: creates the recorded sampler and packer (default: laden's
+            builtins only, :func:`~laden.kernel.builtin_kernel`).
+        """
+        from laden.plan.verify import verify_plan
 
-    # ------------------------------------------------------------ save, load
+        return verify_plan(self, table, kernel=kernel)
 
     def save(self, directory: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
         """Write the plan as a directory (replaced atomically); returns its path.
@@ -481,131 +330,16 @@ class BatchPlan:
         ``directory`` must be new, empty, or (with ``overwrite``) a saved plan:
         anything else is a ConfigError and is left untouched.
         """
-        target = Path(directory)
-        with atomic_directory(target, kind=KIND, force=overwrite) as tmp:
-            meta: dict[str, Any] = {
-                "kind": KIND,
-                "format_version": FORMAT_VERSION,
-                "laden_version": _version(),
-                "fingerprint": self.fingerprint,
-                **self._identity(),
-                "shard_report": self.shard_report,
-                "inputs": self.inputs,
-                "pack": None,
-                "epochs": [],
-            }
-            unit_dtype = smallest_uint(max(self.num_units - 1, 0))
-            sample_dtype = smallest_uint(max(self.num_samples - 1, 0))
-            if self.pack is not None:
-                p = self.pack
-                meta["pack"] = {
-                    "max_length": p.max_length,
-                    "report": dict(p.report),
-                    "arrays": {
-                        "order": write_array(tmp, "pack.order", p.order.astype(sample_dtype)),
-                        "sizes": write_array(tmp, "pack.sizes", _narrow(np.diff(p.offsets))),
-                        "seg_length": write_array(tmp, "pack.seg_length", _narrow(p.seg_length)),
-                        "seg_start": write_array(tmp, "pack.seg_start", _narrow(p.seg_start)),
-                        "dropped": write_array(tmp, "pack.dropped", p.dropped),
-                    },
-                }
-            for e, plan in enumerate(self.epochs):
-                prefix = f"epoch{e:04d}"
-                arrays = {
-                    "order": write_array(tmp, f"{prefix}.order", plan.order.astype(unit_dtype)),
-                    "sizes": write_array(tmp, f"{prefix}.sizes", _narrow(plan.batch_sizes)),
-                    "max_length": write_array(
-                        tmp, f"{prefix}.max_length", _narrow(plan.max_length)
-                    ),
-                    "bucket": write_array(tmp, f"{prefix}.bucket", plan.bucket),
-                    "tokens": write_array(tmp, f"{prefix}.tokens", _narrow(self.batch_tokens[e])),
-                    "padding": write_array(tmp, f"{prefix}.padding", self.padding[e]),
-                    "dropped": write_array(tmp, f"{prefix}.dropped", plan.dropped),
-                    "truncated": write_array(tmp, f"{prefix}.truncated", plan.truncated),
-                }
-                meta["epochs"].append(
-                    {
-                        "epoch": plan.epoch,
-                        "seed": plan.seed,
-                        "batches": len(plan),
-                        "report": plain_json(plan.report),
-                        "arrays": arrays,
-                    }
-                )
-            write_json(tmp / "meta.json", plain_json(meta))
-        return target
+        from laden.plan.store import save_plan
+
+        return save_plan(self, directory, overwrite=overwrite)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> BatchPlan:
         """Read a saved plan; a missing, truncated or altered file is named in the error."""
-        from laden.lengths import _require_kind
+        from laden.plan.store import load_plan
 
-        root = Path(directory)
-        _require_kind(root, KIND)
-        meta_path = root / "meta.json"
-        meta = read_json(meta_path)
-        if not isinstance(meta, dict) or "format_version" not in meta:
-            raise DataError("not a laden plan (no format_version)", file=str(meta_path))
-        if meta["format_version"] > FORMAT_VERSION:
-            raise DataError(
-                f"format_version {meta['format_version']} is newer than this laden reads "
-                f"({FORMAT_VERSION}); upgrade laden",
-                file=str(meta_path),
-            )
-        try:
-            pack = None
-            if meta["pack"] is not None:
-                a = meta["pack"]["arrays"]
-                pack = PackPlan(
-                    order=read_array(root, a["order"]).astype(np.int64),
-                    offsets=offsets_from_sizes(read_array(root, a["sizes"]).astype(np.int64)),
-                    seg_length=read_array(root, a["seg_length"]).astype(np.int64),
-                    seg_start=read_array(root, a["seg_start"]).astype(np.int64),
-                    max_length=int(meta["pack"]["max_length"]),
-                    dropped=read_array(root, a["dropped"]).astype(np.int64),
-                    report=meta["pack"]["report"],
-                )
-            epochs, tokens, padding = [], [], []
-            for item in meta["epochs"]:
-                a = item["arrays"]
-                epochs.append(
-                    EpochPlan(
-                        order=read_array(root, a["order"]),
-                        offsets=offsets_from_sizes(read_array(root, a["sizes"]).astype(np.int64)),
-                        max_length=read_array(root, a["max_length"]),
-                        bucket=read_array(root, a["bucket"]),
-                        epoch=int(item["epoch"]),
-                        seed=int(item["seed"]),
-                        dropped=read_array(root, a["dropped"]),
-                        truncated=read_array(root, a["truncated"]),
-                        report=item["report"],
-                    )
-                )
-                tokens.append(read_array(root, a["tokens"]).astype(np.int64))
-                padding.append(read_array(root, a["padding"]).astype(bool))
-            plan = cls(
-                config=meta["config"],
-                table_digest=meta["table_digest"],
-                num_samples=int(meta["num_samples"]),
-                num_units=int(meta["num_units"]),
-                epochs=tuple(epochs),
-                batch_tokens=tuple(tokens),
-                pack=pack,
-                rank=int(meta["rank"]),
-                world_size=int(meta["world_size"]),
-                padding=tuple(padding),
-                shard_report=meta["shard_report"],
-                inputs=meta.get("inputs") or {},  # plans before it recorded none
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"malformed plan metadata ({exc!r})", file=str(meta_path)) from None
-        if plan.fingerprint != meta["fingerprint"]:
-            raise DataError(
-                f"fingerprint {plan.fingerprint} of the arrays does not match the recorded "
-                f"{meta['fingerprint']}: the plan was altered",
-                file=str(meta_path),
-            )
-        return plan
+        return load_plan(directory)
 
     def recorded_lengths(self) -> str:
         """The absolute path of the length cache the plan was built from, as recorded.
@@ -613,19 +347,9 @@ class BatchPlan:
         A DataError when the plan records none (saved by an older laden, or
         built from a table that was never saved) or the cache is gone.
         """
-        recorded = (self.inputs.get("lengths") or {}).get("path")
-        if not recorded:
-            raise DataError(
-                "the plan does not record its length cache (saved by an older laden, or "
-                "built from a table never saved); pass --lengths"
-            )
-        if not Path(recorded).is_dir():
-            raise DataError(
-                "the length cache this plan was built from is no longer there; "
-                "pass --lengths with its new place",
-                file=str(recorded),
-            )
-        return str(recorded)
+        from laden.plan.store import recorded_lengths
+
+        return recorded_lengths(self)
 
     def load_inputs(
         self,
@@ -639,33 +363,9 @@ class BatchPlan:
         (absolute, so this works from any directory). A recorded input that
         moved or changed is a DataError naming it.
         """
-        from laden.lengths import load_lengths
+        from laden.plan.store import load_inputs
 
-        if lengths is None:
-            lengths = self.recorded_lengths()
-        table = load_lengths(lengths)
-        if table.digest() != self.table_digest:
-            raise DataError(
-                f"this length cache is not the one the plan was built from (digest "
-                f"{table.digest()}, the plan was built from {self.table_digest}); it changed "
-                "since, or another was given",
-                file=str(lengths),
-            )
-        if dataset is None:
-            recorded = table.meta.get("dataset") or (self.inputs.get("dataset") or {}).get("path")
-            if not recorded:
-                raise DataError(
-                    "the length cache does not record its dataset; pass --dataset",
-                    file=str(lengths),
-                )
-            if not Path(recorded).is_file():
-                raise DataError(
-                    "the dataset the lengths were measured on is no longer there; "
-                    "pass --dataset with its new place",
-                    file=str(recorded),
-                )
-            dataset = recorded
-        return table, str(dataset)
+        return load_inputs(self, lengths=lengths, dataset=dataset)
 
     def __repr__(self) -> str:
         shard = f" rank {self.rank}/{self.world_size}" if self.world_size > 1 else ""
@@ -750,71 +450,6 @@ def _losses_without_table(plan: EpochPlan, pack: PackPlan | None) -> dict[str, i
     }
 
 
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("laden")
-    except metadata.PackageNotFoundError:  # pragma: no cover - a bare checkout
-        return "0+unknown"
-
-
 def _plan_epochs(sampler: Any, units: LengthTable, epochs: int, seed: int) -> Iterator[EpochPlan]:
     for epoch in range(epochs):
         yield sampler.plan_epoch(units, epoch=epoch, seed=seed)
-
-
-def _narrow(values: np.ndarray) -> np.ndarray:
-    """Non-negative integers in the narrowest unsigned dtype (smaller files)."""
-    values = np.asarray(values)
-    top = int(values.max(initial=0))
-    if values.size and int(values.min()) < 0:
-        return values.astype(np.int64)
-    return values.astype(smallest_uint(top))
-
-
-def _deal(
-    plan: EpochPlan, world_size: int, remainder: str, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Batches per (step, rank) and which are padding: similar costs share a step."""
-    n = len(plan)
-    cost = plan.batch_sizes * plan.max_length
-    by_cost = np.argsort(-cost, kind="stable")
-    steps, rem = divmod(n, world_size)
-    if remainder == "drop" or rem == 0:
-        groups = by_cost[: steps * world_size].reshape(steps, world_size)
-        pad = np.zeros(groups.shape, dtype=bool)
-    else:
-        # The last step holds the cheapest batches, topped up with repeats marked as padding.
-        tail = by_cost[steps * world_size :]
-        last = np.resize(tail, world_size)
-        groups = np.concatenate([by_cost[: steps * world_size], last]).reshape(
-            steps + 1, world_size
-        )
-        pad = np.zeros(groups.shape, dtype=bool)
-        pad[-1, rem:] = True
-    order = rng.permutation(groups.shape[0])
-    return groups[order], pad[order]
-
-
-def _first_difference(
-    a: EpochPlan, b: EpochPlan, pad_a: np.ndarray, pad_b: np.ndarray
-) -> int | None:
-    """The first batch where two epoch plans differ, or None."""
-    n = min(len(a), len(b))
-    sizes_a, sizes_b = a.batch_sizes[:n], b.batch_sizes[:n]
-    differs = (
-        (sizes_a != sizes_b)
-        | (a.max_length[:n] != b.max_length[:n])
-        | (a.bucket[:n] != b.bucket[:n])
-        | (pad_a[:n] != pad_b[:n])
-    )
-    first = int(np.argmax(differs)) if differs.any() else n
-    # Up to the first shape difference the offsets agree, so compare the units.
-    end = int(a.offsets[first])
-    unit = np.flatnonzero(a.order[:end] != b.order[:end])
-    if unit.size:
-        return int(np.searchsorted(a.offsets, unit[0], side="right") - 1)
-    if first < n or len(a) != len(b):
-        return first
-    return None

@@ -14,8 +14,6 @@ eviction is decided per block, so one-at-a-time adds cost a few list appends.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -25,11 +23,19 @@ from typing import Any, ClassVar, NamedTuple
 import attrs
 import numpy as np
 
-from laden.collate import Ragged
 from laden.errors import ConfigError, DataError
-from laden.io import atomic_directory, plain_json, read_array, read_json, write_array, write_json
-from laden.records import LengthTable, offsets_from_sizes
+from laden.io import (
+    atomic_directory,
+    check_format,
+    plain_json,
+    read_array,
+    read_json,
+    write_array,
+    write_json,
+)
+from laden.records import LengthTable, Ragged, offsets_from_sizes
 from laden.seeding import rng_for
+from laden.stateful import check_state
 from laden.stream.arena import PagedArena
 from laden.stream.record import SCALAR_COLUMNS, TOKEN_DTYPE, SampleChunk, SampleRows
 from laden.stream.sumtree import SumTree
@@ -863,6 +869,7 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: Mapping[str, Any], *, where: str | None = None) -> None:
         """Restore what :meth:`state_dict` returned (the config must match)."""
+        check_state(state, kind=KIND, where=where)
         try:
             config = BufferConfig(**state["config"])
             arrays = state["arrays"]
@@ -922,23 +929,14 @@ class ReplayBuffer:
 
         ``directory`` must be new, empty, or a saved replay buffer.
         """
-        target = Path(directory)
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            kind = None
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                kind = json.loads((target / "meta.json").read_text()).get("kind")
-            if kind != KIND:
-                raise ConfigError(
-                    f"{target} holds something other than a saved replay buffer; laden "
-                    "replaces only what it wrote, so choose a new or empty directory",
-                    path=("directory",),
-                )
         state = self.state_dict()
         arrays = state.pop("arrays")
-        with atomic_directory(target) as tmp:
+        # Only a new or empty directory, or a saved buffer, is replaced (checked again
+        # just before the swap).
+        with atomic_directory(directory, kind=KIND, force=True) as tmp:
             state["arrays"] = {name: write_array(tmp, name, a) for name, a in arrays.items()}
             write_json(tmp / "meta.json", plain_json(state))
-        return target
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], *, tokenizer: Any = None) -> ReplayBuffer:
@@ -946,17 +944,7 @@ class ReplayBuffer:
         root = Path(directory)
         meta_path = root / "meta.json"
         meta = read_json(meta_path)
-        if not isinstance(meta, dict) or meta.get("kind") != KIND:
-            raise DataError(
-                f"not a saved replay buffer (kind is not {KIND!r})", file=str(meta_path)
-            )
-        version = meta.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise DataError(
-                f"format_version {version!r} is not one this laden reads ({FORMAT_VERSION}); "
-                "upgrade laden",
-                file=str(meta_path),
-            )
+        check_format(meta, kind=KIND, version=FORMAT_VERSION, file=meta_path)
         try:
             config = BufferConfig(**meta["config"])
             infos = meta["arrays"]

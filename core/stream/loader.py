@@ -19,9 +19,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from laden.errors import DataError
+from laden.stateful import check_state
 from laden.stream.window import RollingPlanWindow, Window
 
 __all__ = ["OnlineLoader"]
+
+#: The ``kind`` of an online loader's state.
+STATE_KIND = "laden.online_loader"
 
 
 class OnlineLoader:
@@ -90,9 +94,10 @@ class OnlineLoader:
         current = (
             self.window.fingerprint
             if self.window is not None and self.window.index == w and (epoch, step) != (0, 0)
-            else None
+            else self._expect  # loaded, not yet checked: kept for the next save
         )
         return {
+            "kind": STATE_KIND,
             "windows": windows,
             "window": w,
             "epoch": epoch,
@@ -102,6 +107,7 @@ class OnlineLoader:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue after the last batch a saved state had consumed (before iterating)."""
+        check_state(state, kind=STATE_KIND)
         self.windows.load_state_dict(state["windows"])
         self._next = (int(state["window"]), int(state["epoch"]), int(state["step"]))
         self._expect = state.get("window_fingerprint")

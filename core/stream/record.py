@@ -24,9 +24,9 @@ from typing import Any
 import attrs
 import numpy as np
 
-from laden.collate import Ragged
+from laden.digest import array_digest
 from laden.errors import DataError
-from laden.records import array_digest, csr_take, offsets_from_sizes
+from laden.records import Ragged, csr_take, offsets_from_sizes
 
 __all__ = ["SCALAR_COLUMNS", "TOKEN_DTYPE", "SampleChunk", "SampleRows"]
 

@@ -24,11 +24,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy as np
 
-from laden.collate import BatchLayout, Ragged
+from laden.collate import BatchLayout
+from laden.digest import array_digest, digest
 from laden.errors import ConfigError, DataError
+from laden.io import plain_json
 from laden.plan import BatchPlan
-from laden.records import LengthTable, array_digest
-from laden.serde import config_of, digest
+from laden.records import LengthTable, Ragged
+from laden.serde import config_of
+from laden.stateful import check_state
 from laden.stream.buffer import ReplayBuffer
 
 if TYPE_CHECKING:
@@ -448,10 +451,10 @@ class RollingPlanWindow:
         """
         if self._started:
             raise ConfigError("load_state_dict must come before the window is started")
-        if state.get("kind") != KIND:
-            raise DataError(f"not a rolling window state (kind {state.get('kind')!r})")
-        mine = self._identity()
-        theirs = {key: state.get(key) for key in mine}
+        check_state(state, kind=KIND)
+        # As plain JSON data, so a state saved as JSON (tuples read back as lists) fits.
+        mine = plain_json(self._identity())
+        theirs = plain_json({key: state.get(key) for key in mine})
         if theirs != mine:
             diff = sorted(k for k in mine if theirs[k] != mine[k])
             raise DataError(f"the state is of a window configured differently ({', '.join(diff)})")

@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from typing import ClassVar, TypeVar
 import attrs
 
 from laden.hookspecs import hookimpl
+from laden.prefetch import ordered_prefetch
 from laden.registry import Registry
 from laden.validators import at_least, one_of, optional
 
@@ -166,35 +166,26 @@ class LocalExecutor:
             initializer=_worker_init,
             initargs=(os.getpid(),),
         )
-        pending: deque[Future[R]] = deque()
-        done = submitted = 0
+        submitted = 0
+
+        def submit(item: T) -> Future[R]:
+            nonlocal submitted
+            submitted += 1
+            if submitted <= workers:  # only the first submissions can start a worker
+                with _starting_workers():
+                    return pool.submit(fn, item)
+            return pool.submit(fn, item)
+
+        results = ordered_prefetch(submit, items, ahead=workers * self.prefetch)
         finished = False
         try:
-            iterator = iter(items)
-            limit = workers * self.prefetch
-            exhausted = False
-            while True:
-                while not exhausted and len(pending) < limit:
-                    try:
-                        item = next(iterator)
-                    except StopIteration:
-                        exhausted = True
-                        break
-                    if submitted < workers:
-                        with _starting_workers():
-                            pending.append(pool.submit(fn, item))
-                    else:
-                        pending.append(pool.submit(fn, item))
-                    submitted += 1
-                if not pending:
-                    break
-                result = pending.popleft().result()
-                done += 1
+            for done, (_, result) in enumerate(results, 1):
                 if progress is not None:
                     progress(done, total)
                 yield result
             finished = True
         finally:
+            results.close()  # cancels what it holds that has not started
             if finished:
                 pool.shutdown(wait=True)
             else:

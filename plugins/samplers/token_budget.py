@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import attrs
 import numpy as np
@@ -11,20 +11,31 @@ import numpy as np
 from laden.batching import cut_descending, smallest_uint, suggest_bucket_edges
 from laden.errors import ConfigError, DataError
 from laden.hookspecs import hookimpl
-from laden.records import EpochPlan, LengthTable, offsets_from_sizes
+from laden.records import EpochPlan, LengthTable, csr_take, offsets_from_sizes
 from laden.registry import Registry
 from laden.seeding import rng_for
 from laden.validators import increasing, one_of, optional, positive
 
 
-def _gather_segments(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Indices ``starts[0]..+sizes[0], starts[1]..`` concatenated, without a Python loop."""
-    total = int(sizes.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    out_starts = np.cumsum(sizes) - sizes
-    gathered: np.ndarray = np.arange(total, dtype=np.int64) - np.repeat(out_starts - starts, sizes)
-    return gathered
+class _Overflow(NamedTuple):
+    """What the overflow policy did: the samples it set apart, and what is batched."""
+
+    dropped: np.ndarray
+    truncated: np.ndarray
+    alone: np.ndarray
+    #: Lengths as batched (cut to the budget under ``truncate``), every sample.
+    effective: np.ndarray
+    #: The samples batched by bucket (all but the dropped and the alone ones); None: all.
+    kept: np.ndarray | None
+
+
+class _Batches(NamedTuple):
+    """Batches under construction: ``order`` cut into runs of ``sizes``."""
+
+    order: np.ndarray
+    sizes: np.ndarray
+    max_length: np.ndarray
+    bucket: np.ndarray
 
 
 @attrs.frozen(kw_only=True)
@@ -89,6 +100,103 @@ class TokenBudgetSampler:
             return suggest_bucket_edges(lengths, self.num_buckets)
         return np.zeros(0, dtype=np.int64)
 
+    def plan_epoch(self, table: LengthTable, *, epoch: int = 0, seed: int = 0) -> EpochPlan:
+        over = self._apply_overflow(table.length)
+        lengths = over.effective if over.kept is None else over.effective[over.kept]
+        edges, bucket_of, num_buckets = self._buckets(table, over.kept, lengths)
+        batches = self._cut_pools(lengths, over.kept, bucket_of, num_buckets, seed, epoch)
+        batches = _add_alone(batches, over.alone, table.length)
+        if self.shuffle:
+            batches = _shuffle_batches(batches, seed, epoch)
+        return EpochPlan(
+            order=batches.order,
+            offsets=offsets_from_sizes(batches.sizes),
+            max_length=batches.max_length,
+            bucket=batches.bucket,
+            epoch=epoch,
+            seed=seed,
+            dropped=over.dropped,
+            truncated=over.truncated,
+            report=self._report(edges, over),
+        )
+
+    def _apply_overflow(self, lengths: np.ndarray) -> _Overflow:
+        """Apply the overflow policy to the samples longer than the budget allows."""
+        limit = self.max_sample_length
+        over = np.flatnonzero(lengths > limit)
+        dropped = truncated = alone = np.zeros(0, dtype=np.int64)
+        effective = lengths
+        if over.size:
+            if self.overflow == "error":
+                first = int(over[0])
+                raise DataError(
+                    f"{over.size} sample(s) are longer than the token budget allows "
+                    f"({limit} tokens); the first is sample {first} with "
+                    f"{int(lengths[first])} tokens. Set the sampler's overflow to "
+                    "'drop', 'truncate' or 'alone'"
+                )
+            if self.overflow == "drop":
+                dropped = over
+            elif self.overflow == "alone":
+                alone = over
+            else:
+                truncated = over
+                effective = np.minimum(lengths, limit)
+        kept = None
+        if dropped.size or alone.size:
+            active = np.ones(lengths.size, dtype=bool)
+            active[over] = False
+            kept = np.flatnonzero(active)
+        return _Overflow(dropped, truncated, alone, effective, kept)
+
+    def _buckets(
+        self, table: LengthTable, kept: np.ndarray | None, lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """``(edges or keys, bucket of each batched sample, number of buckets)``."""
+        if self.bucket_by == "key":
+            if table.key is None:
+                raise ConfigError(
+                    "bucket_by = 'key' needs a length table with a key column",
+                    path=("bucket_by",),
+                )
+            keys = table.key if kept is None else table.key[kept]
+            edges, bucket_of = np.unique(keys, return_inverse=True)
+            return edges, bucket_of.reshape(-1), int(edges.size)
+        edges = self.edges_for(lengths)
+        # Bucket by lookup table: lengths are small integers.
+        longest = int(lengths.max(initial=0))
+        lut = np.searchsorted(edges, np.arange(longest + 1), side="left")
+        return edges, lut.astype(smallest_uint(edges.size))[lengths], int(edges.size) + 1
+
+    def _cut_pools(
+        self,
+        lengths: np.ndarray,
+        kept: np.ndarray | None,
+        bucket_of: np.ndarray,
+        num_buckets: int,
+        seed: int,
+        epoch: int,
+    ) -> _Batches:
+        """Sort each pool by length and cut it greedily into batches within the budget."""
+        position, eff, pool_bounds, pool_bucket = self._sorted_pools(
+            lengths, bucket_of, num_buckets, seed, epoch
+        )
+        order = position if kept is None else kept[position]
+        starts = cut_descending(
+            eff,
+            pool_bounds,
+            self.token_budget,
+            quadratic=self.cost == "quadratic",
+            max_batch_size=self.max_batch_size,
+        )
+        pool_of_start = np.searchsorted(pool_bounds, starts, side="right") - 1
+        return _Batches(
+            order=order,
+            sizes=np.diff(np.append(starts, order.size)),
+            max_length=eff[starts],
+            bucket=pool_bucket[pool_of_start].astype(np.int32),
+        )
+
     def _sorted_pools(
         self,
         eff: np.ndarray,
@@ -104,25 +212,9 @@ class TokenBudgetSampler:
         position are packed into one uint64, so one SIMD value sort does the work
         of a lexsort with no gathers.
         """
+        rng = rng_for(seed, epoch, "token_budget.shuffle") if self.shuffle else None
+        key, num_pools, pool_bucket = self._pool_keys(bucket_of, num_buckets, rng)
         n = eff.size
-        counts = np.bincount(bucket_of, minlength=num_buckets)
-        if self.shuffle:
-            rng = rng_for(seed, epoch, "token_budget.shuffle")
-            pools_in = np.maximum(-(-counts // self.pool_size), 1).astype(np.uint64)
-            pool_base = np.concatenate([[0], np.cumsum(pools_in)[:-1]]).astype(np.uint64)
-            # pool = base[bucket] + floor(u32 * pools_in[bucket] / 2**32): uniform over the
-            # bucket's pools, so each pool holds about pool_size random samples.
-            key = rng.integers(0, 1 << 32, size=n, dtype=np.uint64)
-            key *= np.take(pools_in, bucket_of)
-            key >>= np.uint64(32)
-            key += np.take(pool_base, bucket_of)
-            num_pools = int(pools_in.sum())
-            pool_bucket = np.repeat(np.arange(num_buckets), pools_in.astype(np.int64))
-        else:
-            rng = None
-            key = bucket_of.astype(np.uint64)
-            num_pools = num_buckets
-            pool_bucket = np.arange(num_buckets)
         longest = int(eff.max(initial=0))
         idx_bits = max(int(n - 1).bit_length(), 1)
         len_bits = max(longest.bit_length(), 1)
@@ -150,104 +242,64 @@ class TokenBudgetSampler:
         pool_bounds = np.searchsorted(key, np.arange(num_pools + 1, dtype=np.uint64))
         return position, sorted_eff, pool_bounds, pool_bucket
 
-    def plan_epoch(self, table: LengthTable, *, epoch: int = 0, seed: int = 0) -> EpochPlan:
-        lengths = table.length
-        n = lengths.size
-        limit = self.max_sample_length
-        over = np.flatnonzero(lengths > limit)
-        dropped = truncated = alone = np.zeros(0, dtype=np.int64)
-        effective = lengths
-        if over.size:
-            if self.overflow == "error":
-                first = int(over[0])
-                raise DataError(
-                    f"{over.size} sample(s) are longer than the token budget allows "
-                    f"({limit} tokens); the first is sample {first} with "
-                    f"{int(lengths[first])} tokens. Set the sampler's overflow to "
-                    "'drop', 'truncate' or 'alone'"
-                )
-            if self.overflow == "drop":
-                dropped = over
-            elif self.overflow == "alone":
-                alone = over
-            else:
-                truncated = over
-                effective = np.minimum(lengths, limit)
-        if dropped.size or alone.size:
-            active = np.ones(n, dtype=bool)
-            active[over] = False
-            index = np.flatnonzero(active)
-        else:
-            index = np.arange(n, dtype=np.int64)
+    def _pool_keys(
+        self, bucket_of: np.ndarray, num_buckets: int, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, int, np.ndarray]:
+        """The pool of each sample (uint64), the number of pools and each pool's bucket.
 
-        # Buckets.
-        active_eff = effective if index.size == n else effective[index]
-        if self.bucket_by == "key":
-            if table.key is None:
-                raise ConfigError(
-                    "bucket_by = 'key' needs a length table with a key column",
-                    path=("bucket_by",),
-                )
-            keys = table.key if index.size == n else table.key[index]
-            edges, bucket_of = np.unique(keys, return_inverse=True)
-            bucket_of = bucket_of.reshape(-1)
-            num_buckets = edges.size
-        else:
-            edges = self.edges_for(active_eff)
-            # Bucket by lookup table: lengths are small integers.
-            longest = int(active_eff.max(initial=0))
-            lut = np.searchsorted(edges, np.arange(longest + 1), side="left")
-            bucket_of = lut.astype(smallest_uint(edges.size))[active_eff]
-            num_buckets = edges.size + 1
-        position, eff, pool_bounds, pool_bucket = self._sorted_pools(
-            active_eff, bucket_of, num_buckets, seed, epoch
-        )
-        order = position if index.size == n else index[position]
-        starts = cut_descending(
-            eff,
-            pool_bounds,
-            self.token_budget,
-            quadratic=self.cost == "quadratic",
-            max_batch_size=self.max_batch_size,
-        )
-        sizes = np.diff(np.append(starts, order.size))
-        max_length = eff[starts]
-        pool_of_start = np.searchsorted(pool_bounds, starts, side="right") - 1
-        bucket = pool_bucket[pool_of_start].astype(np.int32)
+        Shuffled, a bucket of ``c`` samples has ``ceil(c / pool_size)`` pools and
+        each sample goes to one of them at random; unshuffled, a pool is a bucket.
+        """
+        if rng is None:
+            return bucket_of.astype(np.uint64), num_buckets, np.arange(num_buckets)
+        counts = np.bincount(bucket_of, minlength=num_buckets)
+        pools_in = np.maximum(-(-counts // self.pool_size), 1).astype(np.uint64)
+        pool_base = np.concatenate([[0], np.cumsum(pools_in)[:-1]]).astype(np.uint64)
+        # pool = base[bucket] + floor(u32 * pools_in[bucket] / 2**32): uniform over the
+        # bucket's pools, so each pool holds about pool_size random samples.
+        key = rng.integers(0, 1 << 32, size=bucket_of.size, dtype=np.uint64)
+        key *= np.take(pools_in, bucket_of)
+        key >>= np.uint64(32)
+        key += np.take(pool_base, bucket_of)
+        pool_bucket = np.repeat(np.arange(num_buckets), pools_in.astype(np.int64))
+        return key, int(pools_in.sum()), pool_bucket
 
-        if alone.size:
-            starts = np.append(starts, order.size + np.arange(alone.size))
-            sizes = np.append(sizes, np.ones(alone.size, dtype=np.int64))
-            max_length = np.append(max_length, lengths[alone])
-            bucket = np.append(bucket, np.full(alone.size, -1, dtype=np.int32))
-            order = np.append(order, alone)
-
-        if self.shuffle and sizes.size:
-            shuffle = rng_for(seed, epoch, "token_budget.batches").permutation(sizes.size)
-            order = order[_gather_segments(starts[shuffle], sizes[shuffle])]
-            sizes, max_length, bucket = sizes[shuffle], max_length[shuffle], bucket[shuffle]
-
-        offsets = offsets_from_sizes(sizes)
-        report: dict[str, Any] = {
+    def _report(self, edges: np.ndarray, over: _Overflow) -> dict[str, Any]:
+        return {
             "sampler": self.name,
             "bucket_edges": edges.tolist() if self.bucket_by == "length" else [],
             "bucket_keys": edges.tolist() if self.bucket_by == "key" else [],
             "overflow": self.overflow,
-            "dropped": {"overflow": int(dropped.size)},
-            "truncated": int(truncated.size),
-            "alone": int(alone.size),
+            "dropped": {"overflow": int(over.dropped.size)},
+            "truncated": int(over.truncated.size),
+            "alone": int(over.alone.size),
         }
-        return EpochPlan(
-            order=order,
-            offsets=offsets,
-            max_length=max_length,
-            bucket=bucket,
-            epoch=epoch,
-            seed=seed,
-            dropped=dropped,
-            truncated=truncated,
-            report=report,
-        )
+
+
+def _add_alone(batches: _Batches, alone: np.ndarray, lengths: np.ndarray) -> _Batches:
+    """A batch of its own, in bucket ``-1``, for each sample over the budget."""
+    if not alone.size:
+        return batches
+    return _Batches(
+        order=np.append(batches.order, alone),
+        sizes=np.append(batches.sizes, np.ones(alone.size, dtype=np.int64)),
+        max_length=np.append(batches.max_length, lengths[alone]),
+        bucket=np.append(batches.bucket, np.full(alone.size, -1, dtype=np.int32)),
+    )
+
+
+def _shuffle_batches(batches: _Batches, seed: int, epoch: int) -> _Batches:
+    """The batches in a seeded random order (each batch's samples stay together)."""
+    if not batches.sizes.size:
+        return batches
+    shuffle = rng_for(seed, epoch, "token_budget.batches").permutation(batches.sizes.size)
+    where, _ = csr_take(offsets_from_sizes(batches.sizes), shuffle)
+    return _Batches(
+        order=batches.order[where],
+        sizes=batches.sizes[shuffle],
+        max_length=batches.max_length[shuffle],
+        bucket=batches.bucket[shuffle],
+    )
 
 
 @hookimpl

@@ -5,14 +5,16 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import attrs
 import numpy as np
 
+from laden.digest import file_digest
 from laden.errors import DataError
 from laden.hookspecs import hookimpl
+from laden.records import ChunkMeasure  # re-exported: it used to live here
 from laden.registry import Registry
 from laden.validators import at_least, one_of, optional, positive
 
@@ -71,22 +73,6 @@ def _json_kind(value: Any) -> str:
     return kinds.get(type(value), "null" if value is None else type(value).__name__)
 
 
-@attrs.frozen(kw_only=True, eq=False)
-class ChunkMeasure:
-    """What measuring one byte range of the file found (columns for its kept rows)."""
-
-    start: int
-    lines: int  # lines in the range, blank and bad ones included
-    length: np.ndarray
-    offset: np.ndarray
-    line: np.ndarray  # 0-based line within the range, per kept row
-    key: np.ndarray | None
-    ids: list[Any] | None  # None when no row has an id
-    has_id: np.ndarray
-    errors: list[tuple[int, str]]  # (line within the range, reason)
-    blank: int
-
-
 @attrs.frozen(kw_only=True)
 class JsonlSource:
     """JSON lines with ``text`` or ``input_ids``; optional ``id``, ``key``, ``loss_mask``.
@@ -123,9 +109,37 @@ class JsonlSource:
     loss_mask_field: str = "loss_mask"
     vocab_size: int | None = attrs.field(default=None, validator=optional(positive))
     on_error: str = attrs.field(default="error", validator=one_of("error", "skip"))
-    chunk_bytes: int = attrs.field(default=16 << 20, validator=at_least(1))
+    chunk_bytes: int = attrs.field(
+        default=16 << 20, validator=at_least(1), metadata={"identity": False}
+    )
 
     # ---------------------------------------------------------------- rows
+
+    def _columns(self) -> dict[str, str]:
+        """laden's field name -> this file's."""
+        return {
+            "text": self.text_field,
+            "input_ids": self.ids_field,
+            "id": self.id_field,
+            "key": self.key_field,
+            "loss_mask": self.loss_mask_field,
+        }
+
+    def field_name(self, column: str) -> str:
+        """What the file calls laden's field ``column`` (``id`` -> ``id_field``)."""
+        return self._columns().get(column, column)
+
+    def sample(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A parsed row in laden's field names (the row itself when none is renamed)."""
+        renamed = {theirs: ours for ours, theirs in self._columns().items() if theirs != ours}
+        if not renamed:
+            return row
+        # A field of laden's name that the file does not use for it is left out,
+        # so ``input_ids`` always means the ids the settings point at.
+        dropped = set(renamed) | set(renamed.values())
+        out = {k: v for k, v in row.items() if k not in dropped}
+        out.update({ours: row[theirs] for theirs, ours in renamed.items() if theirs in row})
+        return out
 
     def parse(self, raw: bytes, line: int | None = None) -> dict[str, Any]:
         """One line as a row; raises DataError naming file and (1-based) line."""
@@ -220,26 +234,32 @@ class JsonlSource:
             )
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Every valid row in file order (bad lines per ``on_error``)."""
+        """Every valid row in file order, as a sample (bad lines per ``on_error``)."""
         self._check_plain()
         with open(self.path, "rb") as f:
             for number, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue
                 try:
-                    yield self.parse(raw, number)
+                    row = self.parse(raw, number)
                 except DataError:
                     if self.on_error == "error":
                         raise
+                    continue
+                yield self.sample(row)
 
     def read_at(self, offsets: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
-        """The rows starting at these byte offsets (from a length table's ``offset``)."""
+        """The samples starting at these byte offsets (from a length table's ``offset``)."""
         out = []
         with open(self.path, "rb") as f:
             for offset in np.asarray(offsets, dtype=np.int64).tolist():
                 f.seek(offset)
-                out.append(self.parse(f.readline()))
+                out.append(self.sample(self.parse(f.readline())))
         return out
+
+    def fingerprint(self, *, progress: Callable[[int], object] | None = None) -> str:
+        """The digest of the file's bytes (``progress(n)`` after every ``n`` bytes hashed)."""
+        return file_digest(self.path, progress=progress)
 
     # ------------------------------------------------------------ measuring
 

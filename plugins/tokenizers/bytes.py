@@ -8,9 +8,10 @@ from typing import ClassVar
 import attrs
 import numpy as np
 
+from laden.digest import canonical_json, digest
 from laden.hookspecs import hookimpl
 from laden.registry import Registry
-from laden.serde import canonical_json, config_of, digest
+from laden.serde import config_of
 from laden.validators import one_of
 
 

@@ -10,11 +10,11 @@ from typing import Any, ClassVar
 import attrs
 import numpy as np
 
+from laden.digest import canonical_json, digest, file_digest
 from laden.errors import ConfigError
 from laden.hookspecs import hookimpl
-from laden.io import file_digest
 from laden.registry import Registry
-from laden.serde import canonical_json, config_of, digest
+from laden.serde import config_of
 from laden.validators import at_least
 
 

@@ -10,11 +10,9 @@ import attrs
 import numpy as np
 
 from laden.hookspecs import hookimpl
+from laden.kinds import BATCH_META
 from laden.registry import Registry
 from laden.validators import one_of
-
-#: The metadata attributes read back with the columns (the batch's identity).
-_META = ("epoch", "step", "rank", "padding")
 
 
 @attrs.frozen(kw_only=True)
@@ -74,7 +72,7 @@ class H5Writer:
     def _arrays(f: Any) -> dict[str, np.ndarray]:
         group = f["batch"]
         out = {key: group[key][()] for key in group}
-        for key in _META:
+        for key in BATCH_META:  # read back with the columns (the batch's identity)
             if key in group.attrs:
                 out[key] = np.asarray(group.attrs[key])
         return out

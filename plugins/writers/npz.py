@@ -13,6 +13,7 @@ import attrs
 import numpy as np
 
 from laden.hookspecs import hookimpl
+from laden.kinds import BATCH_META
 from laden.registry import Registry
 
 #: A fixed timestamp for every member, so equal batches give byte-identical files.
@@ -70,7 +71,7 @@ class NpzWriter:
     ) -> None:
         method = zipfile.ZIP_DEFLATED if self.compress else zipfile.ZIP_STORED
         columns = dict(arrays)
-        for key in ("epoch", "step", "rank", "padding"):
+        for key in BATCH_META:
             if key in meta:
                 columns[key] = np.asarray(meta[key])
         with zipfile.ZipFile(file, "w", compression=method, allowZip64=True) as archive:

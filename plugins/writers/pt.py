@@ -10,6 +10,7 @@ import attrs
 import numpy as np
 
 from laden.hookspecs import hookimpl
+from laden.kinds import BATCH_META
 from laden.registry import Registry
 
 
@@ -34,7 +35,7 @@ class PtWriter:
         payload: dict[str, Any] = {
             key: torch.from_numpy(np.asarray(value, order="C")) for key, value in arrays.items()
         }
-        for key in ("epoch", "step", "rank", "padding"):
+        for key in BATCH_META:
             if key in meta:
                 payload[key] = meta[key]
         torch.save(payload, file)
