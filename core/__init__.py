@@ -26,6 +26,7 @@ from laden.kinds import KINDS
 from laden.plan import BatchPlan, PlanCheck
 from laden.records import BatchSpec, EpochPlan, LengthTable, PackPlan
 from laden.registry import Entry, Registry
+from laden.sweep.dataset import SweepDataset
 
 try:
     __version__ = metadata.version("laden")
@@ -53,6 +54,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "RunConfig",
+    "SweepDataset",
     "UnknownStrategyError",
     "__version__",
     "default_kernel",

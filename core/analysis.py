@@ -39,6 +39,7 @@ __all__ = [
     "packing_metrics",
     "plot_histogram",
     "recommendations",
+    "repeat_rate",
     "suggest_report",
 ]
 
@@ -230,6 +231,37 @@ def batch_metrics(plan: EpochPlan, lengths: np.ndarray, *, top: int = 10) -> dic
     }
 
 
+def _batch_keys(plan: EpochPlan) -> np.ndarray:
+    """A 64-bit key per batch that depends only on the set of units in it.
+
+    The sum (mod 2**64) of a splitmix64 mix of each unit, xor the batch size:
+    independent of the order inside the batch, and two different batches
+    collide with probability about 2**-64.
+    """
+    z = plan.order.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    sizes = plan.batch_sizes
+    if not sizes.size:
+        return np.zeros(0, dtype=np.uint64)
+    sums = np.add.reduceat(z, plan.offsets[:-1]) if z.size else np.zeros(sizes.size, np.uint64)
+    keys: np.ndarray = np.where(sizes > 0, sums, 0).astype(np.uint64) ^ sizes.astype(np.uint64)
+    return keys
+
+
+def repeat_rate(earlier: EpochPlan, later: EpochPlan) -> float:
+    """The fraction of ``later``'s batches that hold exactly the units of a batch of ``earlier``.
+
+    Batches that repeat from epoch to epoch make the epochs less different than
+    shuffling promises (a fixed top-length bucket cut the same way each epoch).
+    """
+    keys = _batch_keys(later)
+    if not keys.size:
+        return 0.0
+    return float(np.isin(keys, _batch_keys(earlier)).mean())
+
+
 def packing_metrics(plan: PackPlan) -> dict[str, Any]:
     """Packing ratio (sequences per row), efficiency and the segments-per-row histogram.
 
@@ -347,7 +379,9 @@ class BatchingComparison:
     batches of ``fixed_batch_size`` (about as many samples per batch), and,
     when a packer was given, ``packed`` the packer's rows batched by the same
     token budget (no bucket edges). ``*_metrics`` are :func:`batch_metrics`
-    (:func:`packed_batch_metrics` for packed rows); ``packing`` is
+    (:func:`packed_batch_metrics` for packed rows); ``budget_metrics`` also
+    holds ``repeat_rate``, the share of the next epoch's batches that repeat
+    a batch of this one (:func:`repeat_rate`); ``packing`` is
     :func:`packing_metrics` of ``pack_plan``.
     """
 
@@ -392,6 +426,8 @@ def compare_batching(
         over batches).
     """
     budget = kernel.plan_epoch(sampler, table, seed=seed)
+    # The next epoch, only to count the batches that come back unchanged.
+    again = kernel.plan_epoch(sampler, table, seed=seed, epoch=1)
     if fixed_batch_size == "median":
         size = max(int(np.median(budget.batch_sizes)) if len(budget) else 1, 1)
     else:
@@ -401,7 +437,10 @@ def compare_batching(
     result = BatchingComparison(
         token_budget=sampler.token_budget,
         budget=budget,
-        budget_metrics=batch_metrics(budget, table.length),
+        budget_metrics={
+            **batch_metrics(budget, table.length),
+            "repeat_rate": repeat_rate(budget, again),
+        },
         fixed_batch_size=size,
         fixed=fixed,
         fixed_metrics=batch_metrics(fixed, table.length),

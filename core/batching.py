@@ -12,6 +12,7 @@ keys, stored plan columns through :func:`narrowest`) and
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -74,7 +75,8 @@ def suggest_bucket_edges(
     ``max_bins`` distinct lengths every distinct length is a candidate edge;
     with more, lengths are grouped into ``max_bins`` equal-width bins whose
     upper ends are the candidates (and the DP is exact over those). The last
-    edge is always the longest length. Cost: O(num_buckets * bins²).
+    edge is always the longest length. Cost: O(num_buckets * bins * log(bins))
+    (the padding cost is Monge: see :func:`_layer`).
     """
     if num_buckets < 1:
         raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
@@ -109,24 +111,12 @@ def suggest_bucket_edges(
     cc = cum_count.astype(np.float64)
     cs = cum_sum.astype(np.float64)
     fv = values.astype(np.float64)
-    block = max(1, (1 << 22) // v)  # rows per block: at most ~4M cells (32 MB) at a time
     for _ in range(1, num_buckets):
         prev = best.astype(np.float64)
-        new = prev.copy()
-        arg = np.full(v, -1, dtype=np.int64)
-        k = np.arange(v - 1)  # the previous bucket ends at k; this one covers k+1..j
-        for j0 in range(1, v, block):
-            cols = np.arange(j0, min(j0 + block, v))[:, None]  # this bucket ends here
-            cost = prev[k] + fv[cols] * (cc[cols + 1] - cc[k + 1]) - (cs[cols + 1] - cs[k + 1])
-            cost[k >= cols] = np.inf
-            pick = np.argmin(cost, axis=1)
-            low = cost[np.arange(cols.shape[0]), pick]
-            rows = cols[:, 0]
-            better = low < new[rows]
-            new[rows[better]] = low[better]
-            arg[rows[better]] = pick[better]
-        choices.append(arg)
-        best = new
+        low, pick = _layer(prev, fv, cc, cs)
+        better = low < prev
+        best = np.where(better, low, prev)
+        choices.append(np.where(better, pick, -1))
     edges = [v - 1]
     j = v - 1
     for arg in reversed(choices):
@@ -137,6 +127,47 @@ def suggest_bucket_edges(
     return values[np.asarray(sorted(set(edges)), dtype=np.int64)].astype(np.int64)
 
 
+def _layer(
+    prev: np.ndarray, fv: np.ndarray, cc: np.ndarray, cs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One more bucket: ``min over k < j of prev[k] + cost(k+1..j)`` for every ``j``, and its k.
+
+    The cost is Monge (``cost(a,d) + cost(b,c) - cost(a,c) - cost(b,d) =
+    (values[d] - values[c]) * count(a..b-1) >= 0``), so the leftmost best
+    ``k`` never decreases with ``j``: divide and conquer finds every row's in
+    O(v log v) cells instead of O(v²), one vectorized step per level for all
+    the rows of that level.
+    """
+    v = prev.size
+    low = np.full(v, np.inf)
+    pick = np.full(v, -1, dtype=np.int64)
+    # Open problems: rows [jlo, jhi) whose best k lies in [klo, khi].
+    jlo, jhi = np.array([1]), np.array([v])
+    klo, khi = np.array([0]), np.array([v - 2])
+    while jlo.size:
+        mid = (jlo + jhi) // 2
+        kmax = np.minimum(khi, mid - 1)
+        counts = kmax - klo + 1
+        starts = np.zeros(counts.size, dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        k = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts - klo, counts)
+        j = np.repeat(mid, counts)
+        cost = prev[k] + fv[j] * (cc[j + 1] - cc[k + 1]) - (cs[j + 1] - cs[k + 1])
+        least = np.minimum.reduceat(cost, starts)
+        hits = np.flatnonzero(cost == np.repeat(least, counts))
+        best_k = k[hits[np.searchsorted(hits, starts)]]  # the leftmost best of each row
+        low[mid], pick[mid] = least, best_k
+        left = mid > jlo
+        right = mid + 1 < jhi
+        jlo, jhi = (
+            np.concatenate([jlo[left], mid[right] + 1]),
+            np.concatenate([mid[left], jhi[right]]),
+        )
+        klo = np.concatenate([klo[left], best_k[right]])
+        khi = np.concatenate([best_k[left], khi[right]])
+    return low, pick
+
+
 def cut_descending(
     lengths_desc: np.ndarray,
     segment_bounds: np.ndarray,
@@ -144,6 +175,7 @@ def cut_descending(
     *,
     quadratic: bool = False,
     max_batch_size: int | None = None,
+    phase: np.ndarray | None = None,
 ) -> np.ndarray:
     """Greedy batch starts over lengths sorted descending inside segments.
 
@@ -153,6 +185,10 @@ def cut_descending(
     (``size * max_length <= budget``, or ``size * max_length**2`` when
     ``quadratic``). A sample over the budget alone still gets a batch of one.
     The loop runs once per batch, never per sample.
+
+    :param phase: one number in ``[0, 1)`` per segment, shifting where its cuts
+        fall: see :func:`_phase_bounds`. Random phases make batch composition
+        vary across epochs even where the sorted order is the same.
     """
     n = lengths_desc.size
     if n == 0:
@@ -169,8 +205,12 @@ def cut_descending(
     length_at = np.ascontiguousarray(lengths_desc, dtype=np.int64).data
     starts = []
     bounds = np.asarray(segment_bounds, dtype=np.int64).tolist()
-    for a, b in itertools.pairwise(bounds):
+    firsts = [0.0] * (len(bounds) - 1) if phase is None else np.asarray(phase).tolist()
+    for (a, b), first in zip(itertools.pairwise(bounds), firsts, strict=True):
         i = a
+        if first and i < b:  # a first batch of ceil(phase * size): every later cut moves
+            starts.append(i)
+            i += max(math.ceil(first * size_of[length_at[i]]), 1)
         while i < b:
             starts.append(i)
             i += size_of[length_at[i]]

@@ -171,6 +171,8 @@ ARTIFACT_KINDS = {
     "laden.cli.demo": "laden demo output",
     "laden.replay_buffer": "saved replay buffer",
     "laden.stream": "stream collection",
+    "laden.sweep": "sweep output directory",
+    "laden.timeseries": "time-series cache",
 }
 #: Kinds whose first files were written before the ``kind`` field (recognised without it).
 _KINDLESS = frozenset({"laden.lengths", "laden.plan", "laden.batches"})

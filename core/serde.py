@@ -16,6 +16,7 @@ import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
+from laden.chunks import Chunksize
 from laden.digest import canonical_json, digest  # re-exported: their home is laden.digest
 from laden.errors import ConfigError
 
@@ -57,6 +58,11 @@ def _strict_str(value: Any, _type: Any) -> str:
     return value
 
 
+def _chunksize(value: Any, _type: Any) -> Any:
+    """An executor's ``chunksize``: ``"auto"`` or an integer (checked by its validator)."""
+    return value if value == "auto" else _strict_int(value, int)
+
+
 def make_converter() -> cattrs.Converter:
     """A fresh strict converter (one per kernel; never cattrs' global one)."""
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
@@ -64,6 +70,7 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook(float, _strict_float)
     converter.register_structure_hook(bool, _strict_bool)
     converter.register_structure_hook(str, _strict_str)
+    converter.register_structure_hook(Chunksize, _chunksize)
     return converter
 
 

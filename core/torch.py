@@ -117,7 +117,9 @@ class PlanDataset:
     :param samples: token ids by sample index: a
         :class:`~laden.collate.samples.SourceSamples` (reads the JSONL rows of a batch
         at their byte offsets), a :class:`~laden.collate.Ragged`, or any
-        mapping or sequence :func:`~laden.collate.collate` takes.
+        mapping or sequence :func:`~laden.collate.collate` takes; samples with a
+        ``collate_batch(indices, backend)`` method collate a batch themselves
+        (staged samples, :class:`laden.contrib.staged_h5.StagedSamples`).
     :param lengths: the length of every unit (``table.length``, or the packs'
         lengths for a packed plan).
     :param backend: a backend strategy (default: ``torch`` on CPU); workers
@@ -156,11 +158,15 @@ class PlanDataset:
         return BatchLayout.padded(units, self.lengths, max_length)
 
     def __getitems__(self, indices: list[int]) -> dict[str, Any]:
-        batch = dict(
-            self.backend.collate(
-                self.layout(indices, getattr(indices, "max_length", None)), self.samples
+        own = getattr(self.samples, "collate_batch", None)
+        if own is not None:  # samples that collate themselves (staged: the dense path)
+            batch = dict(own(np.asarray(indices, dtype=np.int64), self.backend))
+        else:
+            batch = dict(
+                self.backend.collate(
+                    self.layout(indices, getattr(indices, "max_length", None)), self.samples
+                )
             )
-        )
         batch["epoch"] = getattr(indices, "epoch", None)
         batch["step"] = getattr(indices, "step", None)
         batch["padding"] = bool(getattr(indices, "padding", False))
@@ -224,15 +230,42 @@ class PlanLoader:
         #: it, as the DataLoader prefetches); the loader's state is this cursor's.
         self.cursor = self.plan.cursor(self.sampler.epoch, self.sampler.start)
         self._loader: Any = None
+        #: The position a :meth:`load_state_dict` restored, until iteration or
+        #: :meth:`set_epoch` takes it up (so the two compose).
+        self._resumed: tuple[int, int] | None = None
 
     @property
     def epoch(self) -> int:
         return self.sampler.epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` at its first step on the next iteration."""
-        self.sampler.set_epoch(epoch)
-        self.cursor.seek(epoch, 0)
+    def set_epoch(self, epoch: int, start: int | None = None) -> None:
+        """Iterate epoch ``epoch`` next, from step ``start`` (default: its first step).
+
+        After :meth:`load_state_dict`, the ``DistributedSampler`` idiom
+        (``for e in range(first, n): loader.set_epoch(e); for batch in
+        loader: ...``) composes with the restored position: ``set_epoch`` of
+        the restored epoch continues at the restored step (and of the next
+        epoch, when the restored one was finished). Any other epoch would
+        silently repeat or skip batches, so it is a ValueError unless
+        ``start`` says where to begin.
+        """
+        resumed, self._resumed = self._resumed, None
+        if start is None and resumed is not None:
+            r_epoch, r_step = resumed
+            finished = r_step == len(self.plan.epochs[r_epoch])
+            if epoch == r_epoch:
+                start = r_step
+            elif not (finished and epoch == r_epoch + 1):
+                self._resumed = resumed  # still pending: a corrected call may follow
+                raise ValueError(
+                    f"set_epoch({epoch}) after load_state_dict: the restored state continues "
+                    f"epoch {r_epoch} at step {r_step}"
+                    + (" (its end)" if finished else "")
+                    + f"; call set_epoch({r_epoch if not finished else r_epoch + 1}) to continue "
+                    f"there, or set_epoch({epoch}, start=0) to start epoch {epoch} deliberately"
+                )
+        self.sampler.set_epoch(epoch, 0 if start is None else start)
+        self.cursor.seek(epoch, self.sampler.start)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -245,6 +278,7 @@ class PlanLoader:
         return self._loader
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        self._resumed = None
         self.cursor.seek(self.sampler.epoch, self.sampler.start)
         for batch in self._dataloader():
             if self.device is not None:
@@ -272,3 +306,4 @@ class PlanLoader:
             epoch, step = epoch - 1, len(self.plan.epochs[epoch - 1])
             self.cursor.seek(epoch, step)
         self.sampler.set_epoch(epoch, step)
+        self._resumed = (epoch, step)

@@ -85,6 +85,12 @@ BUILD = ["plan", "build", "{lens}", "--config", "{config}", "-o", "{tmp}/out-pla
 
 #: (id, arguments, exit codes allowed, what the Error line must name)
 MISTAKES: list[tuple[str, list[str], tuple[int, ...], str]] = [
+    (
+        "timeseries-on-jsonl",
+        ["lengths", "build", "{data}", "--source", "timeseries", "-S", "window=4", "-o", "{tmp}/w"],
+        (2,),
+        "data.jsonl: unknown file type; expected .npy, .csv or .parquet",
+    ),
     # An artifact of one kind where another is expected, all ways round.
     (
         "plan-as-lengths-build",
@@ -130,6 +136,7 @@ MISTAKES: list[tuple[str, list[str], tuple[int, ...], str]] = [
     ("plan-as-batches", ["verify", "{plan}"], (1,), "is a batch plan, not a batch file directory"),
     ("shards-as-plan", ["plan", "info", "{shards}"], (1,), "pass one of its rank-R folders"),
     ("no-meta", ["plan", "info", "{tmp}"], (1,), "{tmp}/meta.json: missing file: not a batch plan"),
+    ("sweep-not-yaml", ["sweep", "{notes}", "--dry-run"], (2,), "{notes}: config files must"),
     # Sharding a shard.
     (
         "shard-a-shard",
@@ -273,6 +280,25 @@ MISTAKES: list[tuple[str, list[str], tuple[int, ...], str]] = [
         "env: must be a bundled env (grid), 'gym:ID', a gymnasium id",
     ),
     ("envs-bench-no-envs", ["envs", "bench", "grid", "--num-envs", "0"], (2,), "must be > 0"),
+    # Executors: an unknown name, a bad setting, a setting without a value.
+    (
+        "executor-unknown",
+        ["lengths", "build", "{data}", "-o", "{tmp}/l2", "--executor", "nope"],
+        (2,),
+        "executor: unknown executor 'nope'",
+    ),
+    (
+        "executor-bad-chunksize",
+        ["write", "{plan}", "-o", "{tmp}/b2", "-E", "chunksize=0"],
+        (1, 2),
+        'executor.chunksize: must be "auto" or an integer >= 1, got 0',
+    ),
+    (
+        "executor-option-no-value",
+        ["lengths", "build", "{data}", "-o", "{tmp}/l3", "-E", "chunksize"],
+        (2,),
+        "expected KEY=VALUE, got 'chunksize'",
+    ),
 ]
 
 

@@ -378,7 +378,10 @@ def test_torch_takes_narrow_ids_in_embeddings_and_int64_labels_in_losses() -> No
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, 8), batch["labels"].reshape(-1))
     assert torch.isfinite(loss)
     forced = _batch(TorchBackend(int_dtype="int32"), [[1, 2]])
-    assert forced["labels"].dtype == torch.int32  # asked for: the caller's choice
+    # Labels handed to torch stay int64 even when int32 is asked for: int32 targets break
+    # cross_entropy and the Hugging Face loss (issue 16, trap c).
+    assert forced["input_ids"].dtype == torch.int32
+    assert forced["labels"].dtype == torch.int64
 
 
 def test_written_batch_files_hold_int32_token_columns(kernel: laden.Kernel, tmp_path: Any) -> None:

@@ -645,3 +645,22 @@ def test_ctrl_c_stops_the_demo(tmp_path: Path) -> None:
     no_traceback(err)
     assert err.strip().splitlines()[-1].startswith("Error: interrupted")
     assert_all_exit(below, 3.0)
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_demos_online_section_stops_it(tmp_path: Path) -> None:
+    # Ctrl-C reaches the whole process group: the arcade server the demo starts runs in
+    # a session of its own (stopped by PID), and the interrupt is not lost inside the
+    # stream's event loop (it was: the demo went on and exited 0).
+    process = start(["demo", "--output", str(tmp_path / "demo")], tmp_path)
+    wait_for(lambda: (tmp_path / "demo" / "online").exists(), 60, "the online section")
+    time.sleep(0.2)
+    if process.poll() is not None:  # pragma: no cover - finished before the signal
+        pytest.fail("the demo finished before its online section could be interrupted")
+    below = descendants(process.pid)
+    seconds, _, err = interrupt(process)
+    assert process.returncode == 130, err
+    assert seconds < STOP_SECONDS
+    no_traceback(err)
+    assert err.strip().splitlines()[-1].startswith("Error: interrupted")
+    assert_all_exit(below, 3.0)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 import pytest
 
 import laden
+from laden.analysis import repeat_rate
+from laden.plugins.samplers import token_budget
 from laden.plugins.samplers.fixed import FixedSampler
 from laden.plugins.samplers.token_budget import TokenBudgetSampler
 from laden.testing import check_sampler
@@ -34,6 +37,7 @@ def test_fixed_conforms(config: dict) -> None:
         {"token_budget": 4096, "overflow": "error", "max_batch_size": 5},
         {"token_budget": 2000**2, "cost": "quadratic", "overflow": "alone"},
         {"token_budget": 3000, "shuffle": False, "overflow": "drop", "bucket_edges": (100,)},
+        {"token_budget": 4096, "overflow": "drop", "num_buckets": 4, "vary_batches": False},
     ],
     ids=str,
 )
@@ -92,9 +96,10 @@ def test_overflow_policies_count_what_they_do() -> None:
 
 def test_quadratic_cost() -> None:
     lengths = np.array([100] * 50 + [1000] * 5)
-    plan = TokenBudgetSampler(token_budget=2_000_000, cost="quadratic").plan_epoch(
-        laden.LengthTable.from_lengths(lengths)
-    )
+    # The greedy cut itself: vary_batches would start the first cut at a random place.
+    plan = TokenBudgetSampler(
+        token_budget=2_000_000, cost="quadratic", vary_batches=False
+    ).plan_epoch(laden.LengthTable.from_lengths(lengths))
     cost = plan.batch_sizes * plan.max_length.astype(np.int64) ** 2
     assert cost.max() <= 2_000_000
     # Greedy over lengths sorted descending: 2e6 / 1000² = 2 per batch at 1000 tokens
@@ -146,7 +151,7 @@ def test_plans_are_byte_identical_for_the_same_seed() -> None:
     assert a.digest() == PINNED_DIGEST
 
 
-PINNED_DIGEST = "3d53f46ad3d754a0567822c41d9c3c0d"
+PINNED_DIGEST = "5ac85988735b73af5533d531f1b594fb"  # issue 16: vary_batches (was 3d53f46a...)
 
 
 def test_config_conflicts(kernel: laden.Kernel) -> None:
@@ -170,3 +175,79 @@ def test_fixed_sampler_drop_last_reports() -> None:
     assert len(plan) == 2
     assert plan.dropped.size == 2
     assert plan.report["dropped"] == {"drop_last": 2}
+
+
+def long_tail(n: int = 73_000, seed: int = 1) -> np.ndarray:
+    """Paragraph-like lengths: a lognormal body and a long tail (top bucket ~100 samples)."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.lognormal(4.2, 1.1, n), 4, 16384).astype(np.int64)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"num_buckets": 8}, {"num_buckets": 4}, {"bucket_edges": (64, 256, 1024)}, {}],
+    ids=str,
+)
+def test_batches_do_not_repeat_across_epochs(config: dict) -> None:
+    """Issue 16: 11% of epoch 1's batches were a batch of epoch 0 (the small top buckets)."""
+    lengths = long_tail()
+    table = laden.LengthTable.from_lengths(lengths)
+    new = TokenBudgetSampler(token_budget=16384, **config)
+    old = attrs.evolve(new, vary_batches=False)  # the reference: the earlier behaviour
+    rates, efficiency = {}, {}
+    for name, sampler in (("new", new), ("old", old)):
+        epochs = [sampler.plan_epoch(table, epoch=e, seed=5) for e in range(3)]
+        rates[name] = max(repeat_rate(a, b) for a in epochs for b in epochs if a is not b)
+        efficiency[name] = np.mean([e.efficiency(lengths) for e in epochs])
+        for e in epochs:  # still every sample once, within the budget
+            assert np.array_equal(np.sort(e.order), np.arange(lengths.size))
+            assert (e.batch_sizes * e.max_length).max() <= 16384
+    if config:  # bucketed: the earlier sampler repeated many batches
+        assert rates["old"] > 0.05
+    assert rates["new"] <= 0.01
+    assert efficiency["new"] >= efficiency["old"] - 0.01
+
+
+def test_repeat_rate_counts_batches_as_sets() -> None:
+    a = laden.EpochPlan(
+        order=np.array([0, 1, 2, 3, 4]),
+        offsets=np.array([0, 2, 5]),
+        max_length=np.array([1, 1]),
+        bucket=np.array([0, 0]),
+    )
+    b = laden.EpochPlan(
+        order=np.array([1, 0, 2, 3, 4]),
+        offsets=np.array([0, 2, 3, 5]),
+        max_length=np.array([1, 1, 1]),
+        bucket=np.array([0, 0, 0]),
+    )
+    assert repeat_rate(a, b) == pytest.approx(1 / 3)  # {0, 1} again; {2}, {3, 4} are new
+    assert repeat_rate(a, a) == 1.0
+
+
+def test_bucket_edges_are_searched_once_per_length_column(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 16: the edge search ran once per epoch; it depends on the lengths alone."""
+    calls = []
+    search = token_budget.suggest_bucket_edges
+
+    def counted(lengths: np.ndarray, num_buckets: int) -> np.ndarray:
+        calls.append(num_buckets)
+        return search(lengths, num_buckets)
+
+    monkeypatch.setattr(token_budget, "suggest_bucket_edges", counted)
+    monkeypatch.setattr(token_budget, "_EDGE_CACHE", type(token_budget._EDGE_CACHE)())
+    table = laden.LengthTable.from_lengths(LENGTHS)
+    sampler = TokenBudgetSampler(token_budget=16384, num_buckets=4)
+    plan = laden.plan.BatchPlan.build(table, sampler, epochs=3, seed=1)
+    assert calls == [4]
+    edges = search(LENGTHS, 4).tolist()
+    assert all(e.report["bucket_edges"] == edges for e in plan.epochs)  # recorded per epoch
+    # The same plan as with the edges given explicitly (what the cache must not change).
+    explicit = TokenBudgetSampler(token_budget=16384, bucket_edges=tuple(edges))
+    for a, e in zip(plan.epochs, range(3), strict=True):
+        assert a.digest() == explicit.plan_epoch(table, epoch=e, seed=1).digest()
+    other = laden.LengthTable.from_lengths(LENGTHS[:-1])
+    sampler.plan_epoch(other)
+    assert calls == [4, 4]  # other lengths: searched again

@@ -81,8 +81,11 @@ def test_writers_round_trip_through_plain_readers(
             arrays = {k: f["batch"][k][()] for k in f["batch"]}
             assert f["batch"].attrs["step"] == 0
             assert f["batch"].attrs["fingerprint"] == plan.fingerprint
-    for column in ("input_ids", "attention_mask", "labels", "position_ids", "segment_ids"):
+    for column in ("input_ids", "labels", "position_ids", "segment_ids"):
         assert arrays[column].ndim == 2
+    # A packed batch carries no 2D attention_mask (transformers would attend across
+    # segments); its real tokens are segment_ids > 0.
+    assert "attention_mask" not in arrays or (arrays["segment_ids"].max(axis=1) <= 1).all()
     assert arrays["cu_seqlens"].dtype == np.int32
     assert np.asarray(arrays["max_seqlen"]).shape == ()
     spec = plan.epochs[0][0]

@@ -20,11 +20,11 @@ from laden.analysis import (
     plot_histogram,
     suggest_report,
 )
-from laden.cli.main import emit_json, kernel_of, parse_options
+from laden.cli.main import emit_json, executor_of, executor_options, kernel_of, parse_options
 from laden.errors import ConfigError, DataError
-from laden.io import prepare_output_file
+from laden.io import prepare_output, prepare_output_file
 from laden.kernel import Kernel
-from laden.lengths import build_lengths, load_lengths
+from laden.lengths import build_lengths, load_lengths, save_lengths
 from laden.serde import combine_problems
 
 __all__ = ["analyze_command", "lengths_group", "suggest_command"]
@@ -89,6 +89,13 @@ def lengths_group() -> None:
 @click.argument("dataset", type=click.Path(exists=True, dir_okay=False))
 @click.option("--tokenizer", default="bytes", show_default=True, help="Tokenizer name.")
 @click.option(
+    "--source",
+    "source_name",
+    default="jsonl",
+    show_default=True,
+    help="Source name: jsonl, or one that measures itself (timeseries: -S window=48 ...).",
+)
+@click.option(
     "-T",
     "--tokenizer-option",
     "tokenizer_options",
@@ -112,6 +119,7 @@ def lengths_group() -> None:
     help="The length cache directory to write.",
 )
 @click.option("--workers", type=int, default=None, help="Worker processes (default: CPUs).")
+@executor_options
 @click.option(
     "--on-error",
     type=click.Choice(["error", "skip"]),
@@ -125,10 +133,13 @@ def lengths_group() -> None:
 def lengths_build(
     dataset: str,
     tokenizer: str,
+    source_name: str,
     tokenizer_options: tuple[str, ...],
     source_options: tuple[str, ...],
     output: str,
     workers: int | None,
+    executor_name: str,
+    executor_options: tuple[str, ...],
     on_error: str | None,
     text_field: str | None,
     no_reuse: bool,
@@ -155,10 +166,13 @@ def lengths_build(
                 f"{key!r} is not a source option (the dataset is the DATASET argument)",
                 param_hint="--source-option",
             )
+    if source_name != "jsonl":
+        _build_self_measured(kernel, source_name, dataset, source_settings, output, force, as_json)
+        return
     flags = {"on_error": on_error, "text_field": text_field}
     source_settings.update({k: v for k, v in flags.items() if v is not None})
     source = _create(kernel, "source", {"name": "jsonl", "path": dataset, **source_settings}, "-S")
-    executor = kernel.create("executor", {"name": "local", "workers": workers})
+    executor = executor_of(kernel, executor_name, workers, executor_options)
     started = time.perf_counter()
     table = build_lengths(
         source,
@@ -190,6 +204,39 @@ def lengths_build(
     if summary["skipped"]:
         lines = ", ".join(str(n) for n in summary["skipped_lines"][:10])
         click.echo(f"skipped {summary['skipped']:,} malformed line(s): {lines}")
+
+
+def _build_self_measured(
+    kernel: Kernel,
+    name: str,
+    dataset: str,
+    settings: dict[str, Any],
+    output: str,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """A source that makes its own length table (``lengths()``, e.g. ``timeseries`` windows)."""
+    source = _create(kernel, "source", {"name": name, "path": dataset, **settings}, "-S")
+    if not callable(getattr(source, "lengths", None)):
+        raise click.BadParameter(
+            f"source {name!r} is read by offsets: build its lengths without --source",
+            param_hint="--source",
+        )
+    started = time.perf_counter()
+    prepare_output(output, "laden.lengths", force=force, option="--output")
+    table = source.lengths()
+    save_lengths(table, output, overwrite=force)
+    summary = {
+        "output": output,
+        "samples": len(table),
+        "tokens": table.num_tokens,
+        "windows": table.meta.get("windows"),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"planned {len(table):,} samples in {summary['seconds']:.2f}s -> {output}")
 
 
 @lengths_group.command("stats")
@@ -300,12 +347,21 @@ def analyze_command(
         )
     comparison = compare_batching(table, sampler, kernel=kernel, packer=packer_strategy, seed=seed)
     result = analyze_report(table, sampler, comparison)
+    if table.meta.get("windows"):
+        result["windows"] = table.meta["windows"]
     if plot:
         plot_histogram(table.length, plot, edges=edges, title=f"{directory}: lengths and edges")
         result["plot"] = plot
     if as_json:
         emit_json(result)
         return
+    if "windows" in result:
+        w = result["windows"]
+        click.echo(
+            f"windows: {w['count']:,} of {w['window']} rows (stride {w['stride']}, horizon "
+            f"{w['horizon']}) over {w['series']:,} series, {w['rows']:,} rows; "
+            f"{w['series_without_windows']:,} series too short"
+        )
     click.echo("bucket  range            samples    share  eff@edge  eff@max")
     for row in result["buckets"]:
         lo, hi = row["range"]
@@ -320,7 +376,8 @@ def analyze_command(
     click.echo(
         f"\ntoken_budget {token_budget}: {metrics['batches']:,} batches, efficiency "
         f"{metrics['efficiency']:.4f}, padding {metrics['padding_tokens']:,} tokens, "
-        f"{metrics['distinct_shapes']:,} distinct shapes"
+        f"{metrics['distinct_shapes']:,} distinct shapes, "
+        f"{metrics['repeat_rate']:.1%} of epoch 1's batches repeat one of epoch 0"
     )
     click.echo(over_budget_line(result["over_budget"]))
     baseline = result["random_fixed_plan"]

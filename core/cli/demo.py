@@ -177,4 +177,8 @@ def print_demo(run: DemoRun) -> None:
         f"{online['window']['stop'] - 1}), fingerprint {online['window_fingerprint']}: "
         f"{online['batches']} packed batches, efficiency {online['efficiency']:.4f}"
     )
+    click.echo(
+        "\nnext: parameter sweeps into datasets -> laden sweep --example --dry-run "
+        "(75 Gaussian stimuli: 5 amplitudes x 5 sigmas x 3 repetitions; docs/sweeps.md)"
+    )
     click.echo(f"\ndone in {run.seconds:.1f}s; dataset, length cache and report.json in {output}/")

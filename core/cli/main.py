@@ -94,6 +94,39 @@ def parse_options(pairs: Sequence[str], flag: str) -> dict[str, Any]:
     return out
 
 
+def executor_options(command: Any) -> Any:
+    """Give a command ``--executor NAME`` and ``-E KEY=VALUE`` (read by :func:`executor_of`)."""
+    command = click.option(
+        "-E",
+        "--executor-option",
+        "executor_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="An executor setting, e.g. -E chunksize=100 or -E address=auto (repeatable).",
+    )(command)
+    return click.option(
+        "--executor",
+        "executor_name",
+        default="local",
+        show_default=True,
+        help="Where the work runs: local (processes here) or ray (a Ray cluster; extra ray).",
+    )(command)
+
+
+def executor_of(kernel: Kernel, name: str, workers: int | None, options: Sequence[str]) -> Any:
+    """The executor that ``--executor``, ``--workers`` and ``-E`` ask for.
+
+    ``--workers`` is ``local``'s ``workers`` and the size of ``ray``'s local
+    cluster (``num_cpus``); ``-E`` settings win over it.
+    """
+    settings = parse_options(options, "-E")
+    if name == "local":
+        settings.setdefault("workers", workers)
+    elif name == "ray" and workers and settings.get("address") is None:
+        settings.setdefault("num_cpus", workers)
+    return kernel.create("executor", {**settings, "name": name}, path=("executor",))
+
+
 def emit_json(value: Any) -> None:
     """Print ``value`` as indented JSON with sorted keys: the output of every ``--json``."""
     click.echo(json.dumps(plain_json(value), indent=2, sort_keys=True, default=str))
@@ -203,6 +236,7 @@ def build_cli(kernel: Kernel) -> click.Group:
 
     from laden.cli.data import analyze_command, lengths_group, suggest_command
     from laden.cli.demo import demo_command
+    from laden.cli.envs import envs_group
     from laden.cli.plan import plan_group
     from laden.cli.stream import stream_group
     from laden.cli.write import verify_command, write_command
@@ -218,8 +252,10 @@ def build_cli(kernel: Kernel) -> click.Group:
         write_command,
         verify_command,
         stream_group,
+        envs_group,
     ):
         cli.add_command(command)
+    cli.add_command(__import__("laden.cli.sweep", fromlist=["_"]).sweep_command)
     kernel.hook.laden_add_commands(cli=cli, kernel=kernel)
     return cli
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from laden.cli.main import emit_json, kernel_of, parse_options
+from laden.cli.main import emit_json, executor_of, executor_options, kernel_of, parse_options
 from laden.errors import DataError
 from laden.files.write import verify_directory, write_batches
 from laden.io import ARTIFACT_KINDS, artifact_kind, prepare_output
@@ -64,6 +64,7 @@ class _Stages:
 )
 @click.option("--output", "-o", type=click.Path(file_okay=False), required=True)
 @click.option("--workers", type=int, default=0, show_default=True, help="Worker processes.")
+@executor_options
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in OUTPUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--force", is_flag=True, help="Replace the batch files of a previous run in OUTPUT.")
@@ -77,6 +78,8 @@ def write_command(
     tokenizer_options: tuple[str, ...],
     output: str,
     workers: int,
+    executor_name: str,
+    executor_options: tuple[str, ...],
     resume: bool,
     as_json: bool,
     force: bool,
@@ -101,7 +104,7 @@ def write_command(
     backend = kernel.create(
         "backend", {"name": "numpy", **parse_options(backend_options, "-B")}, path=("backend",)
     )
-    executor = kernel.create("executor", {"name": "local", "workers": workers})
+    executor = executor_of(kernel, executor_name, workers, executor_options)
     stages = _Stages()
     try:
         summary = write_batches(

@@ -17,6 +17,7 @@ form ``torch.nn.functional.scaled_dot_product_attention`` takes).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -43,15 +44,15 @@ class _Segments(NamedTuple):
 
     @classmethod
     def of(cls, layout: BatchLayout) -> _Segments:
-        keep = layout.length > 0
-        length = layout.length[keep]
-        return cls(
-            sample=layout.sample[keep],
-            start=layout.start[keep],
-            length=length,
-            row=layout.row[keep],
-            first=offsets_from_sizes(length)[:-1],
-        )
+        if layout.length.size and int(layout.length.min()) > 0:  # the usual case: no copies
+            sample, start, length, row = layout.sample, layout.start, layout.length, layout.row
+        else:
+            keep = layout.length > 0
+            sample, start = layout.sample[keep], layout.start[keep]
+            length, row = layout.length[keep], layout.row[keep]
+        first = np.zeros(length.size, dtype=np.int64)
+        np.cumsum(length[:-1], out=first[1:])
+        return cls(sample=sample, start=start, length=length, row=row, first=first)
 
 
 class _Tokens(NamedTuple):
@@ -108,15 +109,34 @@ def _check_lengths(segments: _Segments, have: np.ndarray) -> None:
         )
 
 
-def _token_index(segments: _Segments, sample_base: np.ndarray, step: np.ndarray) -> np.ndarray:
-    """Per token of the batch's stream, its index in a buffer of samples.
+def _runs(
+    value: np.ndarray,
+    segments: _Segments,
+    total: int,
+    *,
+    step: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per token of the stream: its segment's ``value``, plus ``step`` per token into it.
 
-    :param sample_base: per segment, where its sample starts in that buffer.
-    :param step: ``0, 1, ...`` over the stream's tokens.
+    One delta per segment at its first token, then a cumulative sum: two passes
+    over the tokens, where a repeat and an add take three.
+
+    :param out: an int64 buffer of ``total`` to write into (a fresh one saves
+        nothing: each new token-sized array costs page faults).
     """
-    index: np.ndarray = np.repeat(sample_base + segments.start - segments.first, segments.length)
-    index += step
-    return index
+    if out is None:
+        out = np.empty(total, dtype=np.int64)
+    out.fill(step)
+    if total:
+        value = np.asarray(value, dtype=np.int64)
+        delta = np.empty_like(value)
+        delta[0] = value[0]
+        # from the last token of the previous segment to the first of this one
+        delta[1:] = value[1:] - (value[:-1] + step * (segments.length[:-1] - 1))
+        out[segments.first] = delta
+        np.cumsum(out, out=out)
+    return out
 
 
 def _targets(
@@ -128,28 +148,70 @@ def _targets(
     ignore_index: int,
 ) -> np.ndarray:
     """The label of each token of the stream (``ignore_index`` where there is no target)."""
-    targets: np.ndarray = stream.copy()
-    no_target = np.zeros(stream.size, dtype=bool)
+    ends = segments.first + segments.length - 1
     if shift_labels:  # target of token t is token t+1 of the same segment
+        targets: np.ndarray = np.empty_like(stream)
         targets[:-1] = stream[1:]
-        no_target[segments.first + segments.length - 1] = True
+        targets[ends] = ignore_index
         if token_mask is not None:
-            keep_next = np.ones(stream.size, dtype=bool)
-            keep_next[:-1] = token_mask[1:]
-            no_target |= ~keep_next
+            targets[:-1][~token_mask[1:]] = ignore_index
     else:  # the model shifts: a segment's first token is no target
-        no_target[segments.first] = True
+        targets = stream.copy()
+        targets[segments.first] = ignore_index
         if token_mask is not None:
-            no_target |= ~token_mask
-    targets[no_target] = ignore_index
+            targets[~token_mask] = ignore_index
     return targets
 
 
-def _rows(real: np.ndarray, values: np.ndarray, fill: int, dtype: np.dtype[Any]) -> np.ndarray:
-    """A ``real.shape`` array of ``fill`` with ``values`` on the real tokens, row-major."""
-    out: np.ndarray = np.full(real.shape, fill, dtype=dtype)
-    out[real] = values
-    return out
+class _Placement:
+    """Where the token stream goes in ``(rows, width)``: each row's real tokens are a prefix.
+
+    Few rows are written by slices (one copy per row); many short rows by one
+    boolean-mask scatter; full rows are the stream itself, reshaped.
+    """
+
+    #: Up to this many rows, a Python loop of row slices beats the mask scatter.
+    SLICED_ROWS = 64
+
+    def __init__(self, used: np.ndarray, width: int) -> None:
+        self.used, self.width = used, width
+        self.full = bool((used == width).all())
+        self.bounds = offsets_from_sizes(used).tolist()
+        self.sliced = used.size <= self.SLICED_ROWS
+        self._real: np.ndarray | None = None
+
+    @property
+    def real(self) -> np.ndarray:
+        """``(rows, width)`` booleans: True on real tokens."""
+        if self._real is None:
+            self._real = np.arange(self.width)[None, :] < self.used[:, None]
+        return self._real
+
+    def rows(self, values: np.ndarray, fill: int, dtype: np.dtype[Any]) -> np.ndarray:
+        """A ``(rows, width)`` array of ``fill`` with ``values`` on the real tokens."""
+        shape = (self.used.size, self.width)
+        if self.full:
+            return values.astype(dtype, copy=False).reshape(shape)  # values are ours
+        if not self.sliced:
+            out = np.full(shape, fill, dtype=dtype)
+            out[self.real] = values
+            return out
+        out = np.empty(shape, dtype=dtype)
+        for r, (a, b) in enumerate(itertools.pairwise(self.bounds)):
+            out[r, : b - a] = values[a:b]
+            out[r, b - a :] = fill
+        return out
+
+    def mask(self, dtype: np.dtype[Any]) -> np.ndarray:
+        """``attention_mask``: 1 on real tokens, 0 on padding."""
+        if self.full:
+            return np.ones((self.used.size, self.width), dtype=dtype)
+        if not self.sliced:
+            return self.real.astype(dtype)
+        out = np.zeros((self.used.size, self.width), dtype=dtype)
+        for r, n in enumerate(self.used.tolist()):
+            out[r, :n] = 1
+        return out
 
 
 def collate(
@@ -187,37 +249,50 @@ def collate(
     rows, width = layout.num_rows, layout.row_length
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
-    uniq, sample_of = np.unique(segments.sample, return_inverse=True)
-    found = _fetch(tokens, uniq, loss_mask)
-    _check_lengths(segments, found.length[sample_of])
+    if isinstance(tokens, Ragged):  # read in place: no need to fetch each sample once
+        found = _fetch(tokens, segments.sample, loss_mask)
+        have, base, mask_base = found.length, found.base, found.mask_base
+    else:
+        uniq, sample_of = np.unique(segments.sample, return_inverse=True)
+        found = _fetch(tokens, uniq, loss_mask)
+        have, base = found.length[sample_of], found.base[sample_of]
+        mask_base = None if found.mask_base is None else found.mask_base[sample_of]
+    _check_lengths(segments, have)
 
     # Rows are filled from position 0, so real tokens are a prefix of each row and
-    # the unpadded token stream is the row-major order of ``real``.
+    # the unpadded token stream is the row-major order of those prefixes.
     used = np.bincount(segments.row, weights=segments.length, minlength=rows).astype(np.int64)
-    real = np.arange(width)[None, :] < used[:, None]
-    # Per token: one gather for the ids, the rest are repeats and prefix writes.
-    step = np.arange(int(segments.length.sum()), dtype=np.int64)
-    stream = found.values[_token_index(segments, found.base[sample_of], step)]
+    place = _Placement(used, width)
+    # Per token, each column is a run per segment (counting up by 1, or constant): a
+    # delta at each segment's first token and one cumulative sum, no per-token repeat.
+    total = int(segments.length.sum())
+    num_segments = segments.length.size
+    position = _runs(np.zeros(num_segments, dtype=np.int64), segments, total, step=1)
+    index = _runs(base + segments.start, segments, total, step=1)
+    stream = found.values[index]
     dtype = np.dtype(dtype)
     if stream.size and not np.can_cast(stream.dtype, dtype):
         check_fits("input_ids", stream, dtype)
     token_mask = None
-    if found.mask_values is not None and found.mask_base is not None:
-        token_mask = found.mask_values[_token_index(segments, found.mask_base[sample_of], step)]
+    if found.mask_values is not None and mask_base is not None:
+        mask_index = _runs(mask_base + segments.start, segments, total, step=1)
+        token_mask = found.mask_values[mask_index]
     targets = _targets(
         stream, segments, token_mask, shift_labels=shift_labels, ignore_index=ignore_index
     )
     # Segments are numbered 1, 2, ... inside each row.
     row_first_seg = np.searchsorted(segments.row, np.arange(rows), side="left")
-    number_in_row = np.arange(segments.row.size, dtype=np.int64) - row_first_seg[segments.row] + 1
-    cu_seqlens = np.zeros(segments.length.size + 1, dtype=np.int32)
+    number_in_row = np.arange(num_segments, dtype=np.int64) - row_first_seg[segments.row] + 1
+    cu_seqlens = np.zeros(num_segments + 1, dtype=np.int32)
     np.cumsum(segments.length, out=cu_seqlens[1:])
+    # The gather index is spent: its buffer takes the segment ids.
+    segment = _runs(number_in_row, segments, total, step=0, out=index)
     out: dict[str, Any] = {
-        "input_ids": _rows(real, stream, pad_id, dtype),
-        "attention_mask": real.astype(dtype),
-        "labels": _rows(real, targets, ignore_index, dtype),
-        "position_ids": _rows(real, step - np.repeat(segments.first, segments.length), 0, dtype),
-        "segment_ids": _rows(real, np.repeat(number_in_row, segments.length), 0, dtype),
+        "input_ids": place.rows(stream, pad_id, dtype),
+        "attention_mask": place.mask(dtype),
+        "labels": place.rows(targets, ignore_index, dtype),
+        "position_ids": place.rows(position, 0, dtype),
+        "segment_ids": place.rows(segment, 0, dtype),
         "cu_seqlens": cu_seqlens,
         "max_seqlen": int(segments.length.max(initial=0)),
         "sample_ids": segments.sample.copy(),

@@ -686,8 +686,14 @@ def _arcade_server(timeout: float) -> Iterator[int]:
         "--transport",
         "telnet",
     ]
+    # Its own session: a Ctrl-C sent to the terminal's process group must reach laden,
+    # which then stops the server by its PID below, not kill the server mid-collection.
     process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + timeout

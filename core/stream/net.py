@@ -29,6 +29,7 @@ a source so one summary covers a whole ingestion run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -628,9 +629,18 @@ def iterate_sync(stream: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
             yield item
     finally:
         try:
+            # An interrupt (Ctrl-C) leaves the pending ``__anext__`` task running: cancel
+            # it and let it unwind (closing its connections) before closing the iterator,
+            # so nothing here replaces the KeyboardInterrupt with a RuntimeError.
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
-                loop.run_until_complete(aclose())
+                with contextlib.suppress(RuntimeError, StopAsyncIteration):
+                    loop.run_until_complete(aclose())
             loop.run_until_complete(loop.shutdown_asyncgens())
         finally:
             loop.close()

@@ -18,6 +18,7 @@ from laden.testing.conformance import (
     check_tokenizer,
     check_writer,
 )
+from laden.testing.envs import check_env
 from laden.testing.fixtures import (
     HookRecorder,
     kernel,
@@ -31,6 +32,7 @@ from laden.testing.stateful import check_stateful
 __all__ = [
     "HookRecorder",
     "check_backend",
+    "check_env",
     "check_executor",
     "check_generator",
     "check_packer",

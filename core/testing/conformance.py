@@ -262,7 +262,7 @@ def check_backend(cls: type[Any], *, max_examples: int = 40, **config: Any) -> N
         else:
             chosen = data.draw(st.permutations(range(len(lengths))), label="order")
             layout = BatchLayout.padded(np.asarray(chosen), tokens.lengths)
-        want = reference.host(layout, tokens, loss_mask=mask if masked else None)
+        want = dict(reference.collate(layout, tokens, loss_mask=mask if masked else None))
         got = backend.collate(layout, tokens, loss_mask=mask if masked else None)
         assert set(got) == set(want), f"columns differ: {sorted(got)} vs {sorted(want)}"
         for key, expected in want.items():

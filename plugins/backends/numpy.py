@@ -17,7 +17,9 @@ from laden.registry import Registry
 class NumpyBackend(CollatingBackend):
     """Returns C-contiguous numpy arrays; token columns int32 unless ``int_dtype`` says otherwise.
 
-    Settings are those of :class:`laden.collate.CollatingBackend`.
+    Settings are those of :class:`laden.collate.CollatingBackend`; with
+    ``profile = "hf"``, ``eager`` and ``mask_dtype = "bfloat16"`` the additive
+    mask is float32 holding bfloat16's lowest value (numpy has no bfloat16).
     """
 
     name: ClassVar[str] = "numpy"

@@ -33,7 +33,10 @@ class TorchBackend(CollatingBackend):
     one is in flight. The dense ``attn_mask`` is a boolean ``(rows, 1, L, L)``
     tensor that ``scaled_dot_product_attention`` takes as is (True = attend).
     With the default ``int_dtype = "auto"`` the token columns are int32 and
-    ``labels`` int64 (what PyTorch's losses take). Other settings are those of
+    ``labels`` int64 (what PyTorch's losses take; int64 whatever ``int_dtype``
+    says). With ``profile = "hf"`` the batch is what a transformers model takes
+    (see :mod:`laden.collate.hf`), the eager mask in ``mask_dtype``
+    (``bfloat16`` included). Other settings are those of
     :class:`laden.collate.CollatingBackend`.
 
     :param device: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
@@ -47,7 +50,7 @@ class TorchBackend(CollatingBackend):
     #: PyTorch's losses (``cross_entropy``, ``nll_loss``) and Hugging Face models
     #: take int64 targets, so with ``int_dtype = "auto"`` labels stay int64 while
     #: the other token columns are int32 (embeddings take either).
-    wide_columns: ClassVar[tuple[str, ...]] = ("labels",)
+    wide_columns: ClassVar[tuple[str, ...]] = ("labels", "shift_labels")
 
     device: str = attrs.field(default="cpu", validator=_device)
     pin_memory: bool = True
@@ -69,6 +72,8 @@ class TorchBackend(CollatingBackend):
                 out[key] = value
                 continue
             tensor = torch.from_numpy(value)
+            if self.mask_dtype == "bfloat16" and value.dtype.kind == "f":
+                tensor = tensor.to(torch.bfloat16)  # the eager mask; numpy has no bfloat16
             if self.device != "cpu":
                 if on_cuda and self.pin_memory:
                     tensor = tensor.pin_memory()

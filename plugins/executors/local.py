@@ -1,5 +1,10 @@
 """``local``: a map over a pool of worker processes on this machine.
 
+Items travel in chunks (``chunksize``; ``auto`` measures the first items and
+groups enough of them that a task lasts about 5 ms), so tiny tasks cost
+microseconds each rather than a process round trip; results and progress
+still come one per item, in order (:mod:`laden.chunks`).
+
 Workers never outlive the process that started them: each asks the kernel to
 kill it when its parent dies (``PR_SET_PDEATHSIG`` on Linux) and also watches
 its parent pid from a thread (every platform), so a parent killed by
@@ -25,6 +30,15 @@ from typing import ClassVar, TypeVar
 
 import attrs
 
+from laden.chunks import (
+    ChunkResult,
+    Chunksize,
+    ChunkSizer,
+    check_chunksize,
+    chunk_items,
+    run_chunk,
+    unchunk,
+)
 from laden.hookspecs import hookimpl
 from laden.prefetch import ordered_prefetch
 from laden.registry import Registry
@@ -121,15 +135,17 @@ def _abandon(pool: ProcessPoolExecutor) -> None:
 class LocalExecutor:
     """Runs ``fn`` over items in worker processes and yields results in input order.
 
-    At most ``workers * prefetch`` items are in flight, so an endless or huge
-    input is consumed lazily. The first failure cancels what has not started
+    At most ``workers * prefetch`` chunks are in flight, so an endless or huge
+    input is consumed lazily (with ``auto``, at most
+    ``workers * prefetch * MAX_AUTO_CHUNK`` items). The first failure cancels what has not started
     and is raised in the caller. Ctrl-C, an error, or closing the iterator
     early ends the workers at once (tasks already running are not waited
     for); workers also exit by themselves when this process dies.
 
     :param workers: worker processes; None for one per CPU, 0 to run in this process.
     :param start_method: ``spawn`` (safe default), ``forkserver`` or ``fork``.
-    :param prefetch: items queued per worker ahead of the results being read.
+    :param prefetch: chunks queued per worker ahead of the results being read.
+    :param chunksize: items per task, or ``auto`` (start with one, then enough for ~5 ms).
     """
 
     name: ClassVar[str] = "local"
@@ -139,6 +155,7 @@ class LocalExecutor:
         default="spawn", validator=one_of("spawn", "forkserver", "fork")
     )
     prefetch: int = attrs.field(default=2, validator=at_least(1))
+    chunksize: Chunksize = attrs.field(default="auto", validator=check_chunksize)
 
     @property
     def effective_workers(self) -> int:
@@ -168,24 +185,23 @@ class LocalExecutor:
         )
         submitted = 0
 
-        def submit(item: T) -> Future[R]:
+        def submit(chunk: list[T]) -> Future[ChunkResult[R]]:
             nonlocal submitted
             submitted += 1
             if submitted <= workers:  # only the first submissions can start a worker
                 with _starting_workers():
-                    return pool.submit(fn, item)
-            return pool.submit(fn, item)
+                    return pool.submit(run_chunk, fn, chunk)
+            return pool.submit(run_chunk, fn, chunk)
 
-        results = ordered_prefetch(submit, items, ahead=workers * self.prefetch)
+        sizer = ChunkSizer(self.chunksize, workers=workers, total=total)
+        chunks = ordered_prefetch(submit, chunk_items(items, sizer), ahead=workers * self.prefetch)
+        results = unchunk((result for _, result in chunks), sizer, total=total, progress=progress)
         finished = False
         try:
-            for done, (_, result) in enumerate(results, 1):
-                if progress is not None:
-                    progress(done, total)
-                yield result
+            yield from results
             finished = True
         finally:
-            results.close()  # cancels what it holds that has not started
+            chunks.close()  # cancels what it holds that has not started
             if finished:
                 pool.shutdown(wait=True)
             else:

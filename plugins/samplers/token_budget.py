@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from typing import Any, ClassVar, NamedTuple
 
 import attrs
 import numpy as np
 
 from laden.batching import cut_descending, smallest_uint, suggest_bucket_edges
+from laden.digest import array_digest
 from laden.errors import ConfigError, DataError
 from laden.hookspecs import hookimpl
 from laden.records import EpochPlan, LengthTable, csr_take, offsets_from_sizes
@@ -53,6 +56,16 @@ class TokenBudgetSampler:
     both random and tight; finally batch order is shuffled. All randomness
     derives from ``(seed, epoch)``.
 
+    With ``vary_batches`` (the default) batch composition changes from epoch
+    to epoch in small buckets too: a bucket of four batches or more whose
+    lengths seldom repeat (ties, broken at random, vary batches already) is
+    split into two random pools at least, and each pool's first cut falls at a
+    random fraction of a batch, moving every later cut. Less than 1% of an
+    epoch's batches then repeat a batch of another epoch (11% before on 73k
+    long-tailed lengths, 30-40% on 5,000), for about 0.002 of padding
+    efficiency (0.02 on 5,000 samples, where every bucket is small);
+    ``vary_batches = false`` gives the earlier batches.
+
     :param overflow: a sample whose cost alone exceeds the budget: ``error``,
         ``drop`` (reported in ``plan.dropped``), ``truncate`` (kept, cut to the
         budget, reported in ``plan.truncated``) or ``alone`` (a batch of its
@@ -74,6 +87,7 @@ class TokenBudgetSampler:
     overflow: str = attrs.field(
         default="error", validator=one_of("error", "drop", "truncate", "alone")
     )
+    vary_batches: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.bucket_edges and self.num_buckets is not None:
@@ -93,11 +107,16 @@ class TokenBudgetSampler:
         return self.token_budget
 
     def edges_for(self, lengths: np.ndarray) -> np.ndarray:
-        """The bucket edges used for these (effective) lengths."""
+        """The bucket edges used for these (effective) lengths.
+
+        With ``num_buckets`` the edge search runs once per length column: the
+        edges depend on the lengths alone, so every epoch of a plan reuses
+        them (each epoch's report records them).
+        """
         if self.bucket_edges:
             return np.asarray(self.bucket_edges, dtype=np.int64)
         if self.num_buckets is not None:
-            return suggest_bucket_edges(lengths, self.num_buckets)
+            return _cached_edges(lengths, self.num_buckets)
         return np.zeros(0, dtype=np.int64)
 
     def plan_epoch(self, table: LengthTable, *, epoch: int = 0, seed: int = 0) -> EpochPlan:
@@ -182,12 +201,16 @@ class TokenBudgetSampler:
             lengths, bucket_of, num_buckets, seed, epoch
         )
         order = position if kept is None else kept[position]
+        phase = None
+        if self.shuffle and self.vary_batches:
+            phase = rng_for(seed, epoch, "token_budget.cuts").random(pool_bounds.size - 1)
         starts = cut_descending(
             eff,
             pool_bounds,
             self.token_budget,
             quadratic=self.cost == "quadratic",
             max_batch_size=self.max_batch_size,
+            phase=phase,
         )
         pool_of_start = np.searchsorted(pool_bounds, starts, side="right") - 1
         return _Batches(
@@ -213,7 +236,7 @@ class TokenBudgetSampler:
         of a lexsort with no gathers.
         """
         rng = rng_for(seed, epoch, "token_budget.shuffle") if self.shuffle else None
-        key, num_pools, pool_bucket = self._pool_keys(bucket_of, num_buckets, rng)
+        key, num_pools, pool_bucket = self._pool_keys(eff, bucket_of, num_buckets, rng)
         n = eff.size
         longest = int(eff.max(initial=0))
         idx_bits = max(int(n - 1).bit_length(), 1)
@@ -243,7 +266,11 @@ class TokenBudgetSampler:
         return position, sorted_eff, pool_bounds, pool_bucket
 
     def _pool_keys(
-        self, bucket_of: np.ndarray, num_buckets: int, rng: np.random.Generator | None
+        self,
+        eff: np.ndarray,
+        bucket_of: np.ndarray,
+        num_buckets: int,
+        rng: np.random.Generator | None,
     ) -> tuple[np.ndarray, int, np.ndarray]:
         """The pool of each sample (uint64), the number of pools and each pool's bucket.
 
@@ -253,7 +280,20 @@ class TokenBudgetSampler:
         if rng is None:
             return bucket_of.astype(np.uint64), num_buckets, np.arange(num_buckets)
         counts = np.bincount(bucket_of, minlength=num_buckets)
-        pools_in = np.maximum(-(-counts // self.pool_size), 1).astype(np.uint64)
+        pools_in = np.maximum(-(-counts // self.pool_size), 1)
+        if self.vary_batches:
+            # One pool of a bucket, sorted, gives the same batches every epoch: a bucket
+            # of four batches or more (by its tokens) goes into two random pools at least.
+            cost = eff.astype(np.float64)
+            if self.cost == "quadratic":
+                cost *= cost
+            weight = np.bincount(bucket_of, weights=cost, minlength=num_buckets)
+            batches = weight.astype(np.float64) / self.token_budget  # about, by tokens
+            # Where each length repeats more often than a batch holds samples, ties
+            # (broken at random) already vary the batches.
+            few_ties = _distinct_lengths(eff, bucket_of, num_buckets) * _TIES > batches
+            pools_in[(pools_in == 1) & (batches >= 4) & few_ties] = 2
+        pools_in = pools_in.astype(np.uint64)
         pool_base = np.concatenate([[0], np.cumsum(pools_in)[:-1]]).astype(np.uint64)
         # pool = base[bucket] + floor(u32 * pools_in[bucket] / 2**32): uniform over the
         # bucket's pools, so each pool holds about pool_size random samples.
@@ -274,6 +314,54 @@ class TokenBudgetSampler:
             "truncated": int(over.truncated.size),
             "alone": int(over.alone.size),
         }
+
+
+#: vary_batches splits a bucket with more than 1 / _TIES batches per distinct length.
+_TIES = 1
+
+
+def _distinct_lengths(eff: np.ndarray, bucket_of: np.ndarray, num_buckets: int) -> np.ndarray:
+    """The number of distinct lengths in each bucket."""
+    width = int(eff.max(initial=0)) + 1
+    if width * num_buckets <= 1 << 24:
+        seen = np.bincount(bucket_of.astype(np.int64) * width + eff, minlength=width * num_buckets)
+        distinct: np.ndarray = np.count_nonzero(seen.reshape(num_buckets, width), axis=1)
+        return distinct
+    pairs = np.unique(bucket_of.astype(np.int64) * width + eff)
+    distinct = np.bincount(pairs // width, minlength=num_buckets)
+    return distinct
+
+
+#: Edges found by the search, by (digest of the lengths, num_buckets): the few last.
+_EDGE_CACHE: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+_EDGE_CACHE_SIZE = 8
+
+
+def _cached_edges(lengths: np.ndarray, num_buckets: int) -> np.ndarray:
+    """:func:`suggest_bucket_edges`, computed once per length column and ``num_buckets``.
+
+    The search (exact, O(num_buckets * v log v) over v distinct lengths) and
+    the hash of the column each cost milliseconds per million lengths; the
+    cache makes every epoch of a plan use the edges of the first, found once.
+    """
+    column = np.ascontiguousarray(lengths)
+    key = (array_digest(column), num_buckets)
+    with _EDGE_LOCK:
+        cached = _EDGE_CACHE.get(key)
+        if cached is not None:
+            _EDGE_CACHE.move_to_end(key)
+            hit: np.ndarray = cached.copy()
+            return hit
+    edges: np.ndarray = suggest_bucket_edges(column, num_buckets)
+    with _EDGE_LOCK:
+        _EDGE_CACHE[key] = edges
+        while len(_EDGE_CACHE) > _EDGE_CACHE_SIZE:
+            _EDGE_CACHE.popitem(last=False)
+    out: np.ndarray = edges.copy()
+    return out
+
+
+_EDGE_LOCK = threading.Lock()
 
 
 def _add_alone(batches: _Batches, alone: np.ndarray, lengths: np.ndarray) -> _Batches:

@@ -1,0 +1,197 @@
+"""The bundled grid env at 256 envs: laden (numpy, JAX scan) beside a bare loop and gymnasium.
+
+    python benchmarks/bench_envs.py [--num-envs 256] [--steps 200] [--no-jax] [--no-gym]
+
+Every row steps the same rules (``laden.contrib.grid_env``: 6x6 grids, 4
+colors, episodes truncated at 48 steps) under a uniform random policy:
+
+- laden numpy / JAX scan: the rollout runner with autoreset ``same_step``,
+  recording every ``[T, N, ...]`` column (observations included), episode ids,
+  step indices and statistics, with and without ``final_obs`` (the terminal
+  observations of reset envs, a second observation column; the bare loop does
+  not record them); ``pool`` (resets gathered from 64 precomputed states) and
+  ``no resets`` (episodes never end) beside it;
+- bare numpy loop: the same rules written inline, one ``default_rng`` for the
+  actions and resets, recording obs/action/reward/terminated/truncated as
+  ``[T, N, ...]`` arrays: a hand-written rollout collector without laden;
+- gymnasium ``SyncVectorEnv`` of ``num_envs`` single grid envs (extra gym).
+
+Targets (issue 13): >= 600k env-steps/s with numpy and JAX scan, >= 10x
+gymnasium, within 15% of the bare loop; ``pool`` <= 1.5x the no-reset cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import median_time, print_table
+
+from laden.contrib.grid_env import GridConfig, GridEnv
+from laden.stream.envs import EnvRunner
+
+NEVER = 10**9
+
+
+def laden_numpy(n: int, steps: int, autoreset: str, limit: int, final_obs: bool = True) -> float:
+    env = GridEnv(max_episode_steps=limit)
+    runner = EnvRunner(env, num_envs=n, seed=0, autoreset=autoreset, final_obs=final_obs)
+    runner.rollout(steps)  # warm up
+    seconds, _ = median_time(lambda: runner.rollout(steps), repeats=5)
+    return n * steps / seconds
+
+
+def laden_jax(n: int, steps: int, autoreset: str, limit: int) -> tuple[float, float]:
+    import time
+
+    from laden.contrib.grid_env import GridEnvJax
+    from laden.stream.envs.jaxrun import JaxRunner
+
+    runner = JaxRunner(GridEnvJax(max_episode_steps=limit), num_envs=n, autoreset=autoreset)
+    began = time.perf_counter()
+    runner.rollout(steps)
+    first = time.perf_counter() - began
+    seconds, _ = median_time(lambda: runner.rollout(steps))
+    return n * steps / seconds, first - seconds
+
+
+def bare_numpy(n: int, steps: int) -> float:
+    """The grid rules written inline, recording what a rollout is for: no laden.
+
+    One ``default_rng`` draws the chunk's actions up front and the resets;
+    ``obs``, ``action``, ``reward``, ``terminated`` and ``truncated`` are
+    recorded as ``[T, N, ...]`` arrays (no episode ids, step indices, final
+    observations, statistics, per-env keys or input checks).
+    """
+    c = GridConfig()
+    cells, colors = c.cells, c.colors
+    rng = np.random.default_rng(0)
+
+    def fresh(k: int) -> np.ndarray:
+        target = rng.integers(0, colors, (k, cells), dtype=np.int8)
+        working = target.copy()
+        where = rng.integers(0, cells, (k, c.noise))
+        rows = np.arange(k)[:, None]
+        shift = rng.integers(1, colors, (k, c.noise), dtype=np.int8)
+        working[rows, where] = (target[rows, where] + shift) % colors
+        return np.concatenate([working, target], axis=1)
+
+    grid = fresh(n)
+    matches = (grid[:, :cells] == grid[:, cells:]).sum(1)
+    count = np.zeros(n, dtype=np.int32)
+    rows = np.arange(n)
+
+    def loop() -> None:
+        nonlocal grid, matches, count
+        obs_rec = np.empty((steps, n, 2 * cells), dtype=np.int8)
+        rew_rec = np.empty((steps, n), dtype=np.float32)
+        term_rec = np.empty((steps, n), dtype=bool)
+        trunc_rec = np.empty((steps, n), dtype=bool)
+        actions = rng.integers(0, cells * colors, (steps, n))
+        for s in range(steps):
+            obs_rec[s] = grid
+            cell, color = np.divmod(actions[s], colors)
+            color = color.astype(np.int8)
+            grid = grid.copy()
+            old, want = grid[rows, cell], grid[rows, cells + cell]
+            grid[rows, cell] = color
+            delta = (color == want).view(np.int8) - (old == want).view(np.int8)
+            matches = matches + delta
+            count = count + 1
+            rew_rec[s] = delta.astype(np.float32) / np.float32(cells)
+            term = matches == cells
+            trunc = (count >= c.max_episode_steps) & ~term
+            term_rec[s], trunc_rec[s] = term, trunc
+            done = term | trunc
+            if done.any():
+                grid[done] = fresh(int(done.sum()))
+                matches[done] = (grid[done, :cells] == grid[done, cells:]).sum(1)
+                count[done] = 0
+
+    seconds, _ = median_time(loop, repeats=5)
+    return n * steps / seconds
+
+
+def gymnasium_sync(n: int, steps: int) -> float:
+    import gymnasium as gym
+
+    from laden.contrib.gym_adapter import grid_gym_env
+
+    vec = gym.vector.SyncVectorEnv([grid_gym_env for _ in range(n)])
+    vec.reset(seed=0)
+    rng = np.random.default_rng(0)
+    high = GridConfig().cells * GridConfig().colors
+
+    def loop() -> None:
+        for _ in range(steps):
+            vec.step(rng.integers(0, high, n))
+
+    seconds, _ = median_time(loop)
+    vec.close()
+    return n * steps / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-envs", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--no-jax", action="store_true")
+    parser.add_argument("--no-gym", action="store_true")
+    args = parser.parse_args()
+    n, steps, limit = args.num_envs, args.steps, GridConfig().max_episode_steps
+    rates: dict[str, Any] = {}
+    rates["bare numpy loop (same_step resets)"] = bare_numpy(n, steps)
+    rates["laden numpy, same_step"] = laden_numpy(n, steps, "same_step", limit)
+    rates["laden numpy, same_step, no final_obs"] = laden_numpy(
+        n, steps, "same_step", limit, final_obs=False
+    )
+    rates["laden numpy, pool"] = laden_numpy(n, steps, "pool", limit, final_obs=False)
+    rates["laden numpy, no resets"] = laden_numpy(n, steps, "same_step", NEVER, final_obs=False)
+    compile_s = {}
+    if not args.no_jax:
+        try:
+            import jax  # noqa: F401
+        except ImportError:
+            print("jax not installed: skipping the JAX rows")
+        else:
+            for label, mode, lim in (
+                ("laden JAX scan, same_step", "same_step", limit),
+                ("laden JAX scan, pool", "pool", limit),
+                ("laden JAX scan, no resets", "same_step", NEVER),
+            ):
+                rates[label], compile_s[label] = laden_jax(n, steps, mode, lim)
+    gym_rate = None
+    if not args.no_gym:
+        try:
+            gym_rate = gymnasium_sync(n, max(steps // 10, 10))
+            rates["gymnasium SyncVectorEnv"] = gym_rate
+        except ImportError:
+            print("gymnasium not installed: skipping its row")
+    bare = rates["bare numpy loop (same_step resets)"]
+    rows = []
+    for label, value in rates.items():
+        rows.append(
+            [
+                label,
+                f"{value:,.0f}",
+                f"{value / bare:.2f}",
+                f"{value / gym_rate:.1f}x" if gym_rate else "-",
+                f"{compile_s[label]:.1f}" if label in compile_s else "-",
+            ]
+        )
+    print(f"grid env, {n} envs, {steps} steps per rollout, random policy")
+    print_table(["implementation", "env-steps/s", "vs bare", "vs gymnasium", "compile s"], rows)
+    print()
+    for family in ("laden numpy", "laden JAX scan"):
+        if f"{family}, pool" in rates:
+            cost = rates[f"{family}, no resets"] / rates[f"{family}, pool"]
+            print(f"{family}: pool costs {cost:.2f}x the no-reset step (target <= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,823 @@
+"""The rollout runner: a batched env stepped under a policy, with autoreset, into ``[T, N]`` chunks.
+
+Every per-step operation is over whole arrays (no Python loop per env);
+resets are computed for the envs that need one only (or gathered from a pool
+of precomputed reset states). The runner tracks, per env, the episode it is
+in, the step index within it, its running return, and records per finished
+episode its return, length and whether it terminated (vs. was truncated).
+
+Autoreset modes (gymnasium's names, https://farama.org/Vector-Autoreset-Mode):
+
+- ``next_step``: an env done at step ``t`` is reset at step ``t + 1``; that
+  step's action is ignored, its reward is 0 and ``active`` is False.
+- ``same_step``: an env done at step ``t`` is reset within step ``t``; the
+  observation returned is the new episode's, the terminal one is ``final_obs``.
+- ``pool``: as ``same_step``, but the reset state is taken from a pool of
+  ``reset_pool_size`` precomputed reset states (chosen per env and episode by
+  key), so a reset costs a gather, not a reset computation.
+- ``disabled``: a done env stays done (``active`` False, its observation frozen)
+  until every env is done; then all reset together (one batch episode).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+
+from laden.errors import ConfigError, DataError
+from laden.stream.envs.base import (
+    EPISODE_STRIDE,
+    BatchedEnv,
+    EnvSpec,
+    EnvStepError,
+    bits,
+    env_keys,
+    fold,
+    integers_below,
+    tree_map,
+    tree_take,
+    uniform,
+)
+
+__all__ = [
+    "AUTORESETS",
+    "EnvRunner",
+    "Rollout",
+    "check_actions",
+    "check_num_envs",
+    "random_policy",
+]
+
+AUTORESETS = ("next_step", "same_step", "disabled", "pool")
+#: Purposes of the per-env keys (see :func:`laden.stream.envs.base.env_keys`).
+RESET, POLICY, POOL = "env.reset", "env.policy", "env.pool"
+
+
+def check_num_envs(num_envs: Any) -> int:
+    if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+        raise ConfigError(f"must be an integer > 0, got {num_envs!r}", path=("num_envs",))
+    return int(num_envs)
+
+
+def random_policy(obs: Any, keys: np.ndarray, spec: EnvSpec) -> np.ndarray:
+    """Uniform actions from per-env, per-step keys (the same for env ``i`` whatever ``N`` is)."""
+    n = keys.shape[0]
+    size = int(np.prod(spec.action_shape, dtype=np.int64))
+    raw = bits(keys, size)
+    if spec.discrete:
+        if spec.action_high is None:
+            raise ConfigError("the env's spec has no action_high to draw from", path=("policy",))
+        actions = integers_below(raw, np.broadcast_to(spec.action_high, (size,)))
+        return actions.reshape(n, *spec.action_shape).astype(spec.action_dtype)
+    low = np.asarray(spec.action_low, dtype=np.float64)
+    high = np.asarray(spec.action_high, dtype=np.float64)
+    values = low + uniform(raw).reshape(n, *spec.action_shape) * (high - low)
+    return values.astype(spec.action_dtype)
+
+
+#: The runner draws a whole chunk's actions in one call for policies that ignore ``obs``.
+random_policy.obs_independent = True  # type: ignore[attr-defined]
+
+
+def check_actions(action: Any, spec: EnvSpec, num_envs: int, keys: Any, step: int) -> np.ndarray:
+    """The policy's actions as an array, or an error naming ``policy`` (and the env for NaN)."""
+    array = np.asarray(action)
+    want = (num_envs, *spec.action_shape)
+    if array.shape != want:
+        raise ConfigError(
+            f"returned actions of shape {array.shape}; the env takes {want} "
+            f"(num_envs, *action_shape) at step {step}",
+            path=("policy",),
+        )
+    kind = array.dtype.kind
+    if spec.discrete:
+        if kind not in "iu":
+            raise ConfigError(
+                f"returned {array.dtype} actions; the env takes integer actions "
+                f"({spec.action_dtype}) at step {step}",
+                path=("policy",),
+            )
+        if spec.action_high is not None and array.size:
+            bad = np.flatnonzero(
+                ((array < 0) | (array >= spec.action_high)).reshape(num_envs, -1).any(1)
+            )
+            if bad.size:
+                j = int(bad[0])
+                raise EnvStepError(
+                    f"policy returned action {array[j].tolist()} outside [0, "
+                    f"{spec.action_high}) at step {step}",
+                    env_index=j,
+                    key=np.asarray(keys)[j],
+                )
+    else:
+        if kind not in "fiu":
+            raise ConfigError(
+                f"returned {array.dtype} actions; the env takes {spec.action_dtype}",
+                path=("policy",),
+            )
+        if kind == "f":
+            finite = np.isfinite(array).reshape(num_envs, -1).all(1)
+            if not finite.all():
+                j = int(np.flatnonzero(~finite)[0])
+                raise EnvStepError(
+                    f"policy returned a non-finite action {array[j].tolist()} at step {step}",
+                    env_index=j,
+                    key=np.asarray(keys)[j],
+                )
+    return array
+
+
+def _mask_shape(mask: np.ndarray, leaf: np.ndarray) -> np.ndarray:
+    return mask.reshape(mask.shape + (1,) * (leaf.ndim - mask.ndim))
+
+
+def _scatter(leaf: np.ndarray, mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``leaf`` with the rows in ``mask`` replaced; in place when the runner may write it.
+
+    What ``step`` returned belongs to the runner (the protocol: new arrays,
+    inputs unchanged), so writing into it is safe; read-only views are copied.
+    """
+    out = leaf if leaf.flags.writeable and leaf.base is None else leaf.copy()
+    out[mask] = values
+    return out
+
+
+def _running(op: Any, x: np.ndarray, dtype: Any) -> np.ndarray:
+    """``op.accumulate(x, axis=0)``, a row at a time: numpy's accumulate along the first
+    axis of a C-ordered ``[T, N]`` array walks it with a stride and is ~5x slower."""
+    out = np.empty(x.shape, dtype=dtype)
+    out[0] = x[0]
+    for t in range(1, len(x)):
+        op(out[t - 1], x[t], out=out[t])
+    return out
+
+
+def _leaves(tree: Any) -> list[Any]:
+    out: list[Any] = []
+    tree_map(out.append, tree)
+    return out
+
+
+def _where(mask: np.ndarray, a: Any, b: Any) -> Any:
+    return tree_map(lambda x, y: np.where(_mask_shape(mask, x), x, y), a, b)
+
+
+@attrs.frozen(kw_only=True)
+class Rollout:
+    """One rollout chunk: ``T`` steps of ``N`` envs.
+
+    ``columns`` holds ``[T, N, ...]`` arrays: ``obs`` (before the action),
+    ``action``, ``reward``, ``terminated``, ``truncated``, ``episode_id``,
+    ``step_index`` (within the episode), ``active`` (the action was applied to
+    a live episode) and, if recorded, ``final_obs`` (the terminal observation
+    where an env was reset within the step; zeros elsewhere). ``last_obs``
+    ``[N, ...]`` is the observation after the last step. ``episodes`` holds one
+    row per episode that finished in the chunk: ``env``, ``episode_id``,
+    ``return``, ``length``, ``terminated``.
+
+    :param start: the global step of row 0 (the same for every env).
+    :param first_env: the env index of column 0.
+    :param final_mask: ``[T, N]`` where ``final_obs`` holds a terminal observation.
+    """
+
+    columns: dict[str, Any]
+    last_obs: Any
+    episodes: dict[str, np.ndarray]
+    spec: EnvSpec
+    start: int = 0
+    first_env: int = 0
+    final_mask: np.ndarray | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.columns[key]
+
+    @property
+    def steps(self) -> int:
+        return int(np.shape(self.columns["reward"])[0])
+
+    @property
+    def num_envs(self) -> int:
+        return int(np.shape(self.columns["reward"])[1])
+
+    def as_dict(self) -> dict[str, Any]:
+        """The chunk as one dict: the columns, ``last_obs`` and ``episodes``."""
+        return {**self.columns, "last_obs": self.last_obs, "episodes": dict(self.episodes)}
+
+    def summary(self) -> dict[str, float | int]:
+        """Episode statistics of the chunk: count, mean return and length, completion rate."""
+        count = int(self.episodes["return"].size)
+        if not count:
+            return {"episodes": 0, "mean_return": 0.0, "mean_length": 0.0, "completion_rate": 0.0}
+        return {
+            "episodes": count,
+            "mean_return": float(self.episodes["return"].mean()),
+            "mean_length": float(self.episodes["length"].mean()),
+            "completion_rate": float(self.episodes["terminated"].mean()),
+        }
+
+    def numpy(self) -> Rollout:
+        """The same chunk with every column as a host numpy array."""
+        return attrs.evolve(
+            self,
+            columns={k: _host(v) for k, v in self.columns.items()},
+            last_obs=_host(self.last_obs),
+        )
+
+    def to(self, array_backend: str) -> Rollout:
+        """The columns as ``numpy``, ``torch`` or ``jax`` arrays (int64 ones stay numpy on jax)."""
+        host = self.numpy()
+        if array_backend == "numpy":
+            return host
+        if array_backend == "torch":
+            import torch
+
+            convert: Callable[[np.ndarray], Any] = torch.from_numpy
+        elif array_backend == "jax":
+            import jax.numpy as jnp
+
+            convert = jnp.asarray
+        else:
+            raise ConfigError(f"unknown array backend {array_backend!r}", path=("array_backend",))
+        columns = {
+            k: v if (array_backend == "jax" and v.dtype == np.int64) else convert(v)
+            for k, v in host.columns.items()
+        }
+        return attrs.evolve(host, columns=columns, last_obs=convert(host.last_obs))
+
+    # -------------------------------------------------------- transitions
+
+    def next_obs(self) -> np.ndarray:
+        """``[T, N, ...]``: the observation each step led to (terminal ones included)."""
+        host = self.numpy()
+        obs = host.columns["obs"]
+        out = np.concatenate([obs[1:], host.last_obs[None]], axis=0)
+        if self.final_mask is not None and self.final_mask.any():
+            if "final_obs" not in host.columns:
+                raise DataError(
+                    "the rollout has resets within a step but no final_obs (set final_obs=True)"
+                )
+            mask = _mask_shape(self.final_mask, out)
+            out = np.where(mask, host.columns["final_obs"], out)
+        return out
+
+    def transitions(self) -> dict[str, np.ndarray]:
+        """Flat ``[M, ...]`` arrays of the active steps: obs, action, reward, next_obs, ..."""
+        host = self.numpy()
+        active = np.asarray(host.columns["active"])
+        next_obs = self.next_obs()
+        env = np.broadcast_to(
+            np.arange(self.first_env, self.first_env + self.num_envs), active.shape
+        )
+        t = np.broadcast_to(np.arange(self.start, self.start + self.steps)[:, None], active.shape)
+        out = {
+            k: np.asarray(host.columns[k])[active]
+            for k in (
+                "obs",
+                "action",
+                "reward",
+                "terminated",
+                "truncated",
+                "episode_id",
+                "step_index",
+            )
+        }
+        out["next_obs"] = next_obs[active]
+        out["env"] = env[active]
+        out["step"] = t[active]
+        return out
+
+    def _tokens(self, obs_high: int | None) -> tuple[np.ndarray, int]:
+        """``[T, N, L + A]`` int32 tokens per step (observation, then action) and ``L``."""
+        spec = self.spec
+        high = spec.obs_high if obs_high is None else obs_high
+        host = self.numpy().columns
+        obs = np.asarray(host["obs"])
+        if high is None or obs.dtype.kind not in "iub":
+            raise DataError(
+                f"stream samples need integer observations with a known obs_high; this env's "
+                f"are {obs.dtype} (write the rollouts to files instead)"
+            )
+        if not spec.discrete or spec.action_high is None:
+            raise DataError("stream samples need discrete actions (with action_high)")
+        size = int(np.prod(spec.action_shape, dtype=np.int64))
+        action = np.asarray(host["action"]).reshape(self.steps, self.num_envs, size)
+        # component k of an action is token high + (sum of the highs before k) + value
+        highs = np.broadcast_to(np.asarray(spec.action_high, dtype=np.int64).ravel(), (size,))
+        base = high + np.concatenate([[0], np.cumsum(highs)[:-1]])
+        flat = obs.reshape(self.steps, self.num_envs, -1).astype(np.int32)
+        act = (action.astype(np.int64) + base).astype(np.int32)
+        return np.concatenate([flat, act], axis=2), flat.shape[2]
+
+    def samples(
+        self, kind: str = "transition", *, slice_len: int = 16, obs_high: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Stream samples (the replay buffer's input), env-major then by step.
+
+        ``transition``: one sample per active step, ``input_ids`` = the
+        observation's values then the action's tokens, ``obs_high + action``
+        (components of a vector action offset by the highs before them;
+        ``loss_mask`` 1 on the action only). ``trajectory``: up to
+        ``slice_len`` consecutive steps of one episode per sample (never
+        crossing an episode boundary), each step's observation and action
+        tokens in turn; ``reward`` is their sum. A sample's ``success`` is True
+        when its episode terminated on its last step, False when it was
+        truncated there, None otherwise.
+        """
+        if kind not in ("transition", "trajectory"):
+            raise ConfigError(f"must be 'transition' or 'trajectory', got {kind!r}", path=("emit",))
+        tokens, width = self._tokens(obs_high)
+        host = self.numpy().columns
+        active = np.asarray(host["active"]).T
+        reward = np.asarray(host["reward"]).T
+        term = np.asarray(host["terminated"]).T
+        trunc = np.asarray(host["truncated"]).T
+        episode = np.asarray(host["episode_id"]).T
+        step_index = np.asarray(host["step_index"]).T
+        tokens = tokens.transpose(1, 0, 2)
+        mask_row = np.zeros(tokens.shape[2], dtype=np.uint8)
+        mask_row[width:] = 1
+        span = 1 if kind == "transition" else slice_len
+        for i in range(self.num_envs):
+            env = self.first_env + i
+            rows = np.flatnonzero(active[i])
+            if not rows.size:
+                continue
+            # cut where the episode changes, where rows are not consecutive, every `span` steps
+            new = np.ones(rows.size, dtype=bool)
+            new[1:] = (episode[i, rows[1:]] != episode[i, rows[:-1]]) | (np.diff(rows) != 1)
+            group = np.cumsum(new) - 1
+            first = np.flatnonzero(new)
+            position = np.arange(rows.size) - first[group]
+            cut = new | (position % span == 0)
+            bounds = np.append(np.flatnonzero(cut), rows.size).tolist()
+            for a, b in itertools.pairwise(bounds):
+                lo, hi = int(rows[a]), int(rows[b - 1]) + 1
+                last = hi - 1
+                success = True if term[i, last] else (False if trunc[i, last] else None)
+                yield {
+                    "input_ids": tokens[i, lo:hi].reshape(-1),
+                    "loss_mask": np.tile(mask_row, hi - lo),
+                    "sample_id": env * EPISODE_STRIDE + self.start + lo,
+                    "episode_id": int(episode[i, lo]),
+                    "step_index": int(step_index[i, lo]),
+                    "reward": float(reward[i, lo:hi].sum()),
+                    "success": success,
+                    "source": "env_batch",
+                }
+
+
+def _host(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+class EnvRunner:
+    """Steps ``num_envs`` envs of a numpy batched env under a policy, in chunks.
+
+    :param env: a :class:`~laden.stream.envs.base.BatchedEnv` with ``backend = "numpy"``.
+    :param num_envs: envs stepped together.
+    :param seed: the run's seed; env ``i``'s keys derive from ``(seed, i)`` only.
+    :param policy: ``"random"`` or a callable ``policy(obs, keys, spec) -> action``.
+    :param autoreset: ``next_step``, ``same_step``, ``disabled`` or ``pool``.
+    :param reset_pool_size: reset states precomputed for ``pool``.
+    :param final_obs: record ``final_obs`` (needed for transitions with same-step resets).
+    :param first_env: the index of the first env (run envs ``first_env ... + num_envs``).
+
+    A policy with ``obs_independent = True`` (``random``) is called once per
+    chunk with the keys of every step, ``[T * N]``, instead of once per step.
+    """
+
+    def __init__(
+        self,
+        env: BatchedEnv,
+        *,
+        num_envs: int,
+        seed: int = 0,
+        policy: str | Callable[..., Any] = "random",
+        autoreset: str = "next_step",
+        reset_pool_size: int = 64,
+        final_obs: bool = True,
+        first_env: int = 0,
+    ) -> None:
+        self.num_envs = n = check_num_envs(num_envs)
+        if autoreset not in AUTORESETS:
+            raise ConfigError(
+                f"must be one of {', '.join(AUTORESETS)}, got {autoreset!r}", path=("autoreset",)
+            )
+        if reset_pool_size < 1:
+            raise ConfigError(f"must be > 0, got {reset_pool_size}", path=("reset_pool_size",))
+        self.env = env
+        self.spec: EnvSpec = env.spec
+        self.seed = seed
+        self.autoreset = autoreset
+        self.final_obs = final_obs
+        self.first_env = first_env
+        if policy == "random":
+            self.policy: Callable[..., Any] = random_policy
+        elif callable(policy):
+            self.policy = policy
+        else:
+            raise ConfigError(f"must be 'random' or a callable, got {policy!r}", path=("policy",))
+        index = np.arange(first_env, first_env + n)
+        self.reset_keys = env_keys(seed, index, RESET)
+        self.policy_keys = env_keys(seed, index, POLICY)
+        self._ids = index.astype(np.int64) * EPISODE_STRIDE
+        self.episode = np.zeros(n, dtype=np.int64)
+        self.ep_step = np.zeros(n, dtype=np.int32)
+        self.ep_return = np.zeros(n, dtype=np.float64)
+        self.pending = np.zeros(n, dtype=bool)  # next_step: reset at the next step
+        self.alive = np.ones(n, dtype=bool)  # disabled: still running
+        self.t = 0
+        self.state: Any = None
+        self.obs: Any = None
+        self.pool: tuple[Any, Any] | None = None
+        if autoreset == "pool":
+            if hasattr(env, "reset_where"):
+                raise ConfigError(
+                    "'pool' needs a functional env (state made of arrays); this env "
+                    "resets in place: use same_step",
+                    path=("autoreset",),
+                )
+            pool_keys = env_keys(seed, np.arange(reset_pool_size), POOL)
+            self.pool = self._call_reset(pool_keys, what="the reset pool")
+
+    # ------------------------------------------------------------ env calls
+
+    def _call_reset(
+        self, keys: np.ndarray, *, what: str, envs: np.ndarray | None = None
+    ) -> tuple[Any, Any]:
+        try:
+            return self.env.reset(keys)
+        except EnvStepError:
+            raise
+        except Exception as exc:
+            error = self._locate(exc, keys, lambda j: self.env.reset(keys[j : j + 1]), what)
+            if envs is not None and error.env_index is not None:
+                j = error.env_index - self.first_env
+                error = EnvStepError(
+                    error.reason, env_index=self.first_env + int(envs[j]), key=error.key
+                )
+            raise error from exc
+
+    def _call_step(self, state: Any, action: np.ndarray) -> tuple[Any, Any, Any, Any, Any]:
+        try:
+            out = self.env.step(state, action)
+        except EnvStepError:
+            raise
+        except Exception as exc:
+            keys = fold(self.reset_keys, self.episode)
+
+            def one(j: int) -> Any:
+                return self.env.step(tree_take(state, slice(j, j + 1)), action[j : j + 1])
+
+            raise self._locate(exc, keys, one, f"step {self.t}") from exc
+        reward = out[2]
+        if not np.isfinite(reward).all():
+            j = int(np.flatnonzero(~np.isfinite(reward))[0])
+            raise EnvStepError(
+                f"the env returned reward {reward[j]} at step {self.t}",
+                env_index=self.first_env + j,
+                key=fold(self.reset_keys, self.episode)[j],
+            )
+        return out
+
+    def _locate(
+        self, exc: Exception, keys: np.ndarray, one: Callable[[int], Any], what: str
+    ) -> EnvStepError:
+        """Find the env that fails alone (the error path only: one call per env)."""
+        if not hasattr(self.env, "reset_where"):
+            for j in range(len(keys)):
+                try:
+                    one(j)
+                except Exception as single:
+                    return EnvStepError(
+                        f"{what} failed: {type(single).__name__}: {single}",
+                        env_index=self.first_env + j if what != "the reset pool" else j,
+                        key=keys[j],
+                    )
+        return EnvStepError(f"{what} failed for the batch: {type(exc).__name__}: {exc}")
+
+    def _reset_where(self, state: Any, obs: Any, mask: np.ndarray) -> tuple[Any, Any]:
+        reset_where = getattr(self.env, "reset_where", None)
+        if reset_where is not None:
+            keys = fold(self.reset_keys, self.episode)
+            return reset_where(state, mask, keys)  # type: ignore[no-any-return]
+        keys = fold(self.reset_keys[mask], self.episode[mask])
+        if self.pool is not None:
+            pool_state, pool_obs = self.pool
+            index = integers_below(keys, len(pool_obs))
+            sub_state, sub_obs = tree_take(pool_state, index), pool_obs[index]
+        else:
+            sub_state, sub_obs = self._call_reset(
+                keys, what=f"reset at step {self.t}", envs=np.flatnonzero(mask)
+            )
+        state = tree_map(lambda leaf, sub: _scatter(leaf, mask, sub), state, sub_state)
+        if any(obs is leaf for leaf in _leaves(state)):
+            return state, obs  # the observation is a state leaf: already replaced
+        return state, _scatter(obs, mask, sub_obs)
+
+    def start(self) -> None:
+        """Reset every env (episode 0); called by the first :meth:`rollout`."""
+        state, obs = self._call_reset(fold(self.reset_keys, self.episode), what="reset")
+        if np.shape(obs)[:1] != (self.num_envs,):
+            raise DataError(
+                f"env.reset returned observations of shape {np.shape(obs)}; "
+                f"want ({self.num_envs}, ...)"
+            )
+        self.state, self.obs = state, obs
+
+    # ------------------------------------------------------------ stepping
+
+    def rollout(self, steps: int) -> Rollout:
+        """The next ``steps`` steps of every env as one :class:`Rollout`."""
+        if steps < 1:
+            raise ConfigError(f"must be > 0, got {steps}", path=("rollout_len",))
+        if self.state is None:
+            self.start()
+        if self.autoreset in ("same_step", "pool"):
+            return self._rollout_same_step(steps)
+        n, spec = self.num_envs, self.spec
+        obs0 = np.asarray(self.obs)
+        obs_rec = np.empty((steps, *obs0.shape), dtype=obs0.dtype)
+        act_rec = np.empty((steps, n, *spec.action_shape), dtype=spec.action_dtype)
+        rew_rec = np.empty((steps, n), dtype=np.float32)
+        term_rec = np.empty((steps, n), dtype=bool)
+        trunc_rec = np.empty((steps, n), dtype=bool)
+        id_rec = np.empty((steps, n), dtype=np.int64)
+        step_rec = np.empty((steps, n), dtype=np.int32)
+        active_rec = np.empty((steps, n), dtype=bool)
+        # terminal observations, gathered per step and scattered once per chunk
+        final_rows: list[np.ndarray] | None = [] if self.final_obs else None
+        final_mask = np.zeros((steps, n), dtype=bool)
+        ended: list[tuple[np.ndarray, ...]] = []
+        mode = self.autoreset
+        state, obs = self.state, self.obs
+        start = self.t
+        planned = self._planned_actions(steps, obs)
+        for s in range(steps):
+            if planned is None:
+                keys = fold(self.policy_keys, self.t)
+                action = check_actions(self.policy(obs, keys, spec), spec, n, keys, self.t)
+            else:
+                action = planned[s]
+            obs_rec[s] = obs
+            act_rec[s] = action
+            np.add(self._ids, self.episode, out=id_rec[s])
+            step_rec[s] = self.ep_step
+            new_state, new_obs, reward, term, trunc = self._call_step(state, action)
+            term = np.asarray(term, dtype=bool)
+            trunc = np.asarray(trunc, dtype=bool)
+            if mode == "next_step":
+                pending = self.pending
+                if pending.any():
+                    live = ~pending
+                    reward = np.where(live, reward, 0.0)
+                    term, trunc = term & live, trunc & live
+                    self.episode[pending] += 1
+                    new_state, new_obs = self._reset_where(new_state, new_obs, pending)
+                    self.ep_step[pending] = -1
+                    self.ep_return[pending] = 0.0
+                    active_rec[s] = live
+                else:
+                    active_rec[s] = True
+                self.ep_step += 1
+                self.ep_return += reward
+                done = term | trunc
+                if done.any():
+                    ended.append(self._ended(done, term))
+                self.pending = done
+            elif mode == "disabled":
+                alive = self.alive
+                if not alive.all():
+                    reward = np.where(alive, reward, 0.0)
+                    term, trunc = term & alive, trunc & alive
+                    new_obs = _where(alive, new_obs, obs)
+                    new_state = _where(alive, new_state, state)
+                    self.ep_step += alive
+                else:
+                    self.ep_step += 1
+                active_rec[s] = alive
+                self.ep_return += reward
+                done = term | trunc
+                if done.any():
+                    ended.append(self._ended(done, term))
+                    self.alive = alive = alive & ~done
+                    if not alive.any():
+                        if final_rows is not None:
+                            final_rows.append(np.asarray(new_obs)[done])
+                        final_mask[s] = done
+                        self.episode += 1
+                        new_state, new_obs = self._call_reset(
+                            fold(self.reset_keys, self.episode), what=f"reset at step {self.t}"
+                        )
+                        self.alive = np.ones(n, dtype=bool)
+                        self.ep_step[:] = 0
+                        self.ep_return[:] = 0.0
+            else:  # same_step, pool
+                active_rec[s] = True
+                self.ep_step += 1
+                self.ep_return += reward
+                done = term | trunc
+                if done.any():
+                    ended.append(self._ended(done, term))
+                    if final_rows is not None:
+                        final_rows.append(np.asarray(new_obs)[done])
+                    final_mask[s] = done
+                    self.episode[done] += 1
+                    new_state, new_obs = self._reset_where(new_state, new_obs, done)
+                    self.ep_step[done] = 0
+                    self.ep_return[done] = 0.0
+            rew_rec[s] = reward
+            term_rec[s] = term
+            trunc_rec[s] = trunc
+            state, obs = new_state, new_obs
+            self.t += 1
+        self.state, self.obs = state, obs
+        columns: dict[str, Any] = {
+            "obs": obs_rec,
+            "action": act_rec,
+            "reward": rew_rec,
+            "terminated": term_rec,
+            "truncated": trunc_rec,
+            "episode_id": id_rec,
+            "step_index": step_rec,
+            "active": active_rec,
+        }
+        if final_rows is not None:
+            final = np.zeros(obs_rec.shape, dtype=obs_rec.dtype)
+            if final_rows:
+                final[final_mask] = np.concatenate(final_rows)
+            columns["final_obs"] = final
+        return Rollout(
+            columns=columns,
+            last_obs=np.array(obs),
+            episodes=_episodes(ended),
+            spec=spec,
+            start=start,
+            first_env=self.first_env,
+            final_mask=final_mask,
+        )
+
+    def _rollout_same_step(self, steps: int) -> Rollout:
+        """``same_step`` / ``pool``: the loop records only what the env returns; episode
+        ids, step indices, returns and statistics are computed after it over the
+        whole ``[T, N]`` chunk (a few cumulative numpy operations)."""
+        n, spec = self.num_envs, self.spec
+        obs0 = np.asarray(self.obs)
+        obs_rec = np.empty((steps, *obs0.shape), dtype=obs0.dtype)
+        rew_rec = np.empty((steps, n), dtype=np.float32)
+        term_rec = np.empty((steps, n), dtype=bool)
+        trunc_rec = np.empty((steps, n), dtype=bool)
+        final_rows: list[np.ndarray] | None = [] if self.final_obs else None
+        planned = self._planned_actions(steps, obs0)
+        act_rec = (
+            planned
+            if planned is not None
+            else np.empty((steps, n, *spec.action_shape), dtype=spec.action_dtype)
+        )
+        state, obs = self.state, self.obs
+        start = self.t
+        episode = self.episode
+        for s in range(steps):
+            if planned is None:
+                keys = fold(self.policy_keys, self.t)
+                act_rec[s] = check_actions(self.policy(obs, keys, spec), spec, n, keys, self.t)
+            obs_rec[s] = obs
+            new_state, new_obs, reward, term, trunc = self._call_step(state, act_rec[s])
+            rew_rec[s] = reward
+            term_rec[s] = term
+            trunc_rec[s] = trunc
+            done = term_rec[s] | trunc_rec[s]
+            if done.any():
+                if final_rows is not None:
+                    final_rows.append(np.asarray(new_obs)[done])
+                episode = episode + done  # a new array: the recorded rows stay as they were
+                self.episode = episode
+                new_state, new_obs = self._reset_where(new_state, new_obs, done)
+            state, obs = new_state, new_obs
+            self.t += 1
+        self.state, self.obs = state, obs
+        done = term_rec | trunc_rec
+        rows = np.arange(steps)[:, None]
+        # the last reset row before each row (exclusive), -1 if none in this chunk
+        marker = np.where(done, rows, -1)
+        last = _running(np.maximum, marker, np.int64)
+        before = np.empty_like(last)
+        before[0] = -1
+        before[1:] = last[:-1]
+        fresh = before >= 0
+        step_index = np.where(fresh, rows - before - 1, self.ep_step[None, :] + rows)
+        resets: np.ndarray = _running(np.add, done, np.int64) - done
+        episode_rows = self.episode[None, :] - done.sum(0) + resets
+        returns = _running(np.add, rew_rec, np.float64)
+        base = np.take_along_axis(returns, np.maximum(before, 0), axis=0)
+        running = np.where(fresh, returns - base, self.ep_return[None, :] + returns)
+        t_end, j_end = np.nonzero(done)
+        ended = [
+            (
+                j_end + self.first_env,
+                self._ids[j_end] + episode_rows[t_end, j_end],
+                running[t_end, j_end],
+                (step_index[t_end, j_end] + 1).astype(np.int32),
+                term_rec[t_end, j_end],
+            )
+        ]
+        after = step_index[-1] + 1
+        self.ep_step = np.where(done[-1], 0, after).astype(np.int32)
+        self.ep_return = np.where(done[-1], 0.0, running[-1])
+        columns: dict[str, Any] = {
+            "obs": obs_rec,
+            "action": act_rec,
+            "reward": rew_rec,
+            "terminated": term_rec,
+            "truncated": trunc_rec,
+            "episode_id": self._ids[None, :] + episode_rows,
+            "step_index": step_index.astype(np.int32),
+            "active": np.ones((steps, n), dtype=bool),
+        }
+        if final_rows is not None:
+            final = np.zeros(obs_rec.shape, dtype=obs_rec.dtype)
+            if final_rows:
+                final[done] = np.concatenate(final_rows)
+            columns["final_obs"] = final
+        return Rollout(
+            columns=columns,
+            last_obs=np.array(obs),
+            episodes=_episodes(ended),
+            spec=spec,
+            start=start,
+            first_env=self.first_env,
+            final_mask=done,
+        )
+
+    def _planned_actions(self, steps: int, obs: Any) -> np.ndarray | None:
+        """A whole chunk's actions at once, for a policy that ignores observations."""
+        if not getattr(self.policy, "obs_independent", False):
+            return None
+        n = self.num_envs
+        t = np.arange(self.t, self.t + steps, dtype=np.uint64)
+        keys = fold(self.policy_keys[None, :], t[:, None]).reshape(-1)
+        try:
+            flat = check_actions(
+                self.policy(None, keys, self.spec), self.spec, steps * n, keys, self.t
+            )
+        except EnvStepError as exc:
+            j = exc.env_index or 0
+            raise EnvStepError(
+                exc.reason.replace(f"at step {self.t}", f"at step {self.t + j // n}"),
+                env_index=self.first_env + j % n,
+                key=keys[j],
+            ) from None
+        return flat.reshape(steps, n, *self.spec.action_shape)
+
+    def _ended(self, done: np.ndarray, term: np.ndarray) -> tuple[np.ndarray, ...]:
+        j = np.flatnonzero(done)
+        return (
+            j + self.first_env,
+            self._ids[j] + self.episode[j],
+            self.ep_return[j],  # fancy indexing copies
+            self.ep_step[j],
+            term[j],
+        )
+
+    def __iter__(self) -> Iterator[Rollout]:  # pragma: no cover - convenience
+        while True:
+            yield self.rollout(64)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the run is: the step, per-env counters, env state and observation."""
+        return {
+            "t": self.t,
+            "episode": self.episode.copy(),
+            "ep_step": self.ep_step.copy(),
+            "ep_return": self.ep_return.copy(),
+            "pending": self.pending.copy(),
+            "alive": self.alive.copy(),
+            "state": self.state,
+            "obs": self.obs,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (same env, seed and num_envs)."""
+        self.t = int(state["t"])
+        for name in ("episode", "ep_step", "ep_return", "pending", "alive"):
+            setattr(self, name, np.array(state[name]))
+        self.state, self.obs = state["state"], state["obs"]
+
+
+def _episodes(ended: Sequence[tuple[Any, ...]]) -> dict[str, np.ndarray]:
+    names = ("env", "episode_id", "return", "length", "terminated")
+    dtypes = (np.int64, np.int64, np.float64, np.int32, bool)
+    if not ended:
+        return {k: np.zeros(0, dtype=d) for k, d in zip(names, dtypes, strict=True)}
+    return {
+        k: np.concatenate([e[i] for e in ended]).astype(d)
+        for i, (k, d) in enumerate(zip(names, dtypes, strict=True))
+    }
