@@ -456,7 +456,7 @@ def _laden_trainer() -> type:
         transformers: Any = importlib.import_module("transformers")
     except ImportError as exc:
         raise MissingDependencyError(
-            "class", "LadenTrainer", ["transformers", "torch"], "datasets"
+            "class", "LadenTrainer", ["transformers", "accelerate", "torch"], "hf-models"
         ) from exc
     from laden.torch import PlanBatchSampler, PlanDataset, _passthrough
 

@@ -651,11 +651,14 @@ def test_ctrl_c_stops_the_demo(tmp_path: Path) -> None:
 def test_ctrl_c_in_the_demos_online_section_stops_it(tmp_path: Path) -> None:
     # Ctrl-C reaches the whole process group: the arcade server the demo starts runs in
     # a session of its own (stopped by PID), and the interrupt is not lost inside the
-    # stream's event loop (it was: the demo went on and exited 0).
+    # stream's event loop (it was: the demo went on and exited 0). With the mock source
+    # instead of the server the section takes a fraction of a second: nothing to catch.
+    pytest.importorskip("chuk_puzzles_gym", reason="the arcade extra starts a server")
     process = start(["demo", "--output", str(tmp_path / "demo")], tmp_path)
     wait_for(lambda: (tmp_path / "demo" / "online").exists(), 60, "the online section")
     time.sleep(0.2)
     if process.poll() is not None:  # pragma: no cover - finished before the signal
+        process.communicate()
         pytest.fail("the demo finished before its online section could be interrupted")
     below = descendants(process.pid)
     seconds, _, err = interrupt(process)

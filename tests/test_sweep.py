@@ -287,6 +287,9 @@ def test_toml_sweep_files_and_value_forms(tmp_path: Path, kernel: laden.Kernel) 
 def test_files_read_back_with_the_plain_libraries(
     tmp_path: Path, kernel: laden.Kernel, writer: str
 ) -> None:
+    needs = {"pt": "torch", "h5": "h5py"}.get(writer)
+    if needs:
+        pytest.importorskip(needs, reason=f"the {writer} writer needs an extra")
     spec = load_sweep(example_path(), kernel=kernel)
     import attrs
 
