@@ -203,7 +203,9 @@ def test_normalization_statistics_from_one_pass(tmp_path: Path) -> None:
 
 
 def test_datetime_time_column_and_max_gap_in_seconds(tmp_path: Path) -> None:
-    stamps = np.datetime64("2024-01-01T00:00") + np.array([0, 1, 2, 3, 10, 11, 12, 13], "m")
+    stamps = np.datetime64("2024-01-01T00:00") + np.array(
+        [0, 1, 2, 3, 10, 11, 12, 13], "timedelta64[m]"
+    )
     path = tmp_path / "d.csv"
     lines = ["t,a"] + [f"{s},{i}" for i, s in enumerate(stamps.astype(str))]
     path.write_text("\n".join(lines) + "\n")
