@@ -781,16 +781,21 @@ def online_demo(
                 {"name": "mock", "seed": 0, "num_samples": samples, "max_length": max_length},
             )
         left = seconds_budget - (time.monotonic() - started)
-        summary = collect(
-            source,
-            samples=samples,
-            output=output,
-            kernel=kernel,
-            tokenizer=tokenizer,
-            force=True,
-            max_seconds=max(left / 2, 0.5),
-            max_failures=2,
-        )
+        try:
+            summary = collect(
+                source,
+                samples=samples,
+                output=output,
+                kernel=kernel,
+                tokenizer=tokenizer,
+                force=True,
+                max_seconds=max(left / 2, 0.5),
+                max_failures=2,
+            )
+        except KeyboardInterrupt as exc:
+            # collect()'s "--resume" hint is for `laden stream collect`; a demo starts over.
+            exc.__dict__["__notes__"] = [f"what was collected is kept in {output}"]
+            raise
     collected = summary["samples"]
     with open(Path(output) / DATASET, encoding="utf-8") as f:
         stream = [_sample_of(json.loads(line)) for line in f]
