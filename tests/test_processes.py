@@ -215,7 +215,9 @@ def test_progress_is_silent_off_a_terminal() -> None:
     assert pipe.getvalue() == ""
 
 
-def run_on_a_pty(args: Sequence[str], cwd: Path, timeout: float = 60) -> tuple[bytes, float, int]:
+def run_on_a_pty(
+    args: Sequence[str], cwd: Path, timeout: float = 60, marker: bytes = b"measuring ["
+) -> tuple[bytes, float, int]:
     """Run with stderr on a pseudo-terminal: what it drew, seconds to the first bar, status."""
     master, slave = os.openpty()
     started_file = cwd / "started"
@@ -241,7 +243,7 @@ def run_on_a_pty(args: Sequence[str], cwd: Path, timeout: float = 60) -> tuple[b
                 if not data:
                     break
                 drawn += data
-                if first_bar is None and b"measuring [" in drawn:
+                if first_bar is None and marker in drawn:
                     first_bar = time.time()
             elif process.poll() is not None:
                 break
@@ -667,3 +669,20 @@ def test_ctrl_c_in_the_demos_online_section_stops_it(tmp_path: Path) -> None:
     no_traceback(err)
     assert err.strip().splitlines()[-1].startswith("Error: interrupted")
     assert_all_exit(below, 3.0)
+
+
+def test_plan_build_shows_a_bar_on_a_terminal(tmp_path: Path) -> None:
+    # A plan of millions of samples takes seconds; its bar (elapsed time) shows at once.
+    from laden.lengths import save_lengths
+
+    lengths = np.random.default_rng(0).integers(8, 4096, 200_000)
+    save_lengths(laden.LengthTable.from_lengths(lengths), tmp_path / "lens")
+    (tmp_path / "run.toml").write_text('[sampler]\nname = "token_budget"\ntoken_budget = 16384\n')
+    args = ["plan", "build", "lens", "--config", "run.toml", "-o", "plan"]
+    drawn, seconds, status = run_on_a_pty(args, tmp_path, marker=b"planning")
+    assert status == 0, drawn
+    assert seconds < 1.0
+    text = drawn.decode()
+    assert "planning" in text
+    assert "\x1b[K" in text  # the bar's line is cleared, nothing stray is left
+    assert "Traceback" not in text

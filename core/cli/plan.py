@@ -15,6 +15,7 @@ from laden.errors import DataError
 from laden.io import prepare_output, remove_artifact
 from laden.lengths import load_lengths
 from laden.plan import BatchPlan
+from laden.progress import Progress
 
 
 @click.group("plan")
@@ -63,8 +64,10 @@ def build_command(
     table = load_lengths(lengths)
     if not len(table):
         raise DataError("the length cache holds no samples: nothing to plan", file=lengths)
-    plan = BatchPlan.from_config(table, config, kernel=kernel)
-    plan.save(output, overwrite=force)
+    # A 10M-sample plan takes seconds: a bar (elapsed time) on a terminal, nothing elsewhere.
+    with Progress(None, "planning", leave=False):
+        plan = BatchPlan.from_config(table, config, kernel=kernel)
+        plan.save(output, overwrite=force)
     info = plan.summary()
     if as_json:
         emit_json({**info, "output": output})
@@ -125,8 +128,9 @@ def info_command(directory: str, rank: int | None, world_size: int | None, as_js
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def verify_command(directory: str, lengths: str | None, as_json: bool) -> None:
     """Rebuild the plan from its config and LENGTHS and compare (exit 1 on a mismatch)."""
-    plan = BatchPlan.load(directory)
-    check = plan.verify(load_lengths(lengths or plan.recorded_lengths()), kernel=kernel_of())
+    with Progress(None, "rebuilding the plan", leave=False):
+        plan = BatchPlan.load(directory)
+        check = plan.verify(load_lengths(lengths or plan.recorded_lengths()), kernel=kernel_of())
     if as_json:
         emit_json(
             {
