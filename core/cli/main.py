@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -262,6 +263,14 @@ def build_cli(kernel: Kernel) -> click.Group:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``laden`` console script."""
+    # After a Ctrl-C laden exits at once (see below); multiprocessing's resource tracker
+    # then unlinks the pools' semaphores itself and would print a warning about them.
+    # It inherits this environment when a pool starts it.
+    quiet = "ignore:resource_tracker:UserWarning"
+    if quiet not in os.environ.get("PYTHONWARNINGS", ""):
+        os.environ["PYTHONWARNINGS"] = ",".join(
+            w for w in (os.environ.get("PYTHONWARNINGS", ""), quiet) if w
+        )
     try:
         kernel = Kernel()
     except LadenError as exc:
@@ -272,4 +281,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             err=True,
         )
         sys.exit(1)
-    build_cli(kernel).main(args=list(argv) if argv is not None else None, prog_name="laden")
+    try:
+        build_cli(kernel).main(args=list(argv) if argv is not None else None, prog_name="laden")
+    except SystemExit as exc:
+        if exc.code == INTERRUPTED_EXIT_CODE:
+            # Ctrl-C: what can be resumed was saved while the stack unwound. Skip the
+            # interpreter's exit-time joins: a process pool's manager thread can block
+            # forever on a result pipe a killed worker left half-written.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(INTERRUPTED_EXIT_CODE)
+        raise
