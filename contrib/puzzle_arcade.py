@@ -439,15 +439,7 @@ class PuzzleArcadeSource:
 
     @property
     def limits(self) -> NetLimits:
-        return NetLimits(
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            max_line_bytes=self.max_line_bytes,
-            max_message_bytes=self.max_message_bytes,
-            retries=self.retries,
-            backoff_initial=self.backoff_initial,
-            backoff_max=self.backoff_max,
-        )
+        return NetLimits.of(self)
 
     # ------------------------------------------------------------- streams
 

@@ -120,6 +120,12 @@ class NetLimits:
     backoff_initial: float = attrs.field(default=0.05, validator=at_least(0))
     backoff_max: float = attrs.field(default=2.0, validator=at_least(0))
 
+    @classmethod
+    def of(cls, config: Any) -> NetLimits:
+        """The limits a source's config sets: each field it has by this name (the rest default)."""
+        names = [f.name for f in attrs.fields(cls)]
+        return cls(**{n: getattr(config, n) for n in names if hasattr(config, n)})
+
 
 @attrs.define
 class NetCounters:

@@ -95,16 +95,7 @@ class TelnetSource:
 
     @property
     def limits(self) -> NetLimits:
-        return NetLimits(
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            idle_timeout=self.idle_timeout,
-            max_line_bytes=self.max_line_bytes,
-            max_message_bytes=self.max_message_bytes,
-            retries=self.retries,
-            backoff_initial=self.backoff_initial,
-            backoff_max=self.backoff_max,
-        )
+        return NetLimits.of(self)
 
     async def _open(self, counters: NetCounters, *, reconnect: bool) -> LineClient:
         client = await connect_with_retry(
