@@ -650,20 +650,7 @@ class EnvRunner:
             "step_index": step_rec,
             "active": active_rec,
         }
-        if final_rows is not None:
-            final = np.zeros(obs_rec.shape, dtype=obs_rec.dtype)
-            if final_rows:
-                final[final_mask] = np.concatenate(final_rows)
-            columns["final_obs"] = final
-        return Rollout(
-            columns=columns,
-            last_obs=np.array(obs),
-            episodes=_episodes(ended),
-            spec=spec,
-            start=start,
-            first_env=self.first_env,
-            final_mask=final_mask,
-        )
+        return self._finish(columns, obs_rec, final_rows, final_mask, obs, ended, spec, start)
 
     def _rollout_same_step(self, steps: int) -> Rollout:
         """``same_step`` / ``pool``: the loop records only what the env returns; episode
@@ -742,10 +729,24 @@ class EnvRunner:
             "step_index": step_index.astype(np.int32),
             "active": np.ones((steps, n), dtype=bool),
         }
+        return self._finish(columns, obs_rec, final_rows, done, obs, ended, spec, start)
+
+    def _finish(
+        self,
+        columns: dict[str, Any],
+        obs_rec: np.ndarray,
+        final_rows: list[np.ndarray] | None,
+        final_mask: np.ndarray,
+        obs: Any,
+        ended: Any,
+        spec: Any,
+        start: int,
+    ) -> Rollout:
+        """The rollout of recorded columns; ``final_obs`` where ``final_mask`` (when recorded)."""
         if final_rows is not None:
             final = np.zeros(obs_rec.shape, dtype=obs_rec.dtype)
             if final_rows:
-                final[done] = np.concatenate(final_rows)
+                final[final_mask] = np.concatenate(final_rows)
             columns["final_obs"] = final
         return Rollout(
             columns=columns,
@@ -754,7 +755,7 @@ class EnvRunner:
             spec=spec,
             start=start,
             first_env=self.first_env,
-            final_mask=done,
+            final_mask=final_mask,
         )
 
     def _planned_actions(self, steps: int, obs: Any) -> np.ndarray | None:
