@@ -3,7 +3,8 @@
 Re-exports only: :mod:`~laden.sweep.spec` (sweep files), :mod:`~laden.sweep.points`
 (order, ids, seeds), :mod:`~laden.sweep.files` (point files),
 :mod:`~laden.sweep.run` (the resumable run, the dry run) and
-:mod:`~laden.sweep.dataset` (:class:`SweepDataset`).
+:mod:`~laden.sweep.dataset` (:class:`SweepDataset`). Generators share
+:mod:`~laden.sweep.fields` (grids, seeded noise, text as ``uint8`` bytes).
 """
 
 from laden.sweep.dataset import SweepDataset

@@ -10,22 +10,8 @@ import numpy as np
 
 from laden.hookspecs import hookimpl
 from laden.registry import Registry
-from laden.seeding import rng_for
+from laden.sweep.fields import grid, noisy
 from laden.validators import one_of
-
-
-def grid(size: int, spacing: float) -> tuple[np.ndarray, np.ndarray]:
-    """The ``x`` and ``y`` coordinates of a ``size`` x ``size`` grid centred on 0."""
-    axis = (np.arange(size) - (size - 1) / 2) * spacing
-    x, y = np.meshgrid(axis, axis, indexing="xy")
-    return x, y
-
-
-def noisy(image: np.ndarray, noise: float, seed: int, purpose: str, dtype: str) -> np.ndarray:
-    """``image`` plus Gaussian noise of std ``noise`` drawn from ``(seed, purpose)``."""
-    if noise > 0:
-        image = image + rng_for(seed, 0, purpose).normal(0.0, noise, image.shape)
-    return image.astype(dtype)
 
 
 @attrs.frozen(kw_only=True)

@@ -9,8 +9,8 @@ import attrs
 import numpy as np
 
 from laden.hookspecs import hookimpl
-from laden.plugins.generators.gaussian import grid, noisy
 from laden.registry import Registry
+from laden.sweep.fields import grid, noisy
 from laden.validators import one_of
 
 
