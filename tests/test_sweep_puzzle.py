@@ -399,3 +399,15 @@ def test_a_wrong_game_fails_its_points_and_the_run_goes_on(
     assert failed["status"] == "failed"
     assert "parameters.game: unknown game 'sudok' (did you mean 'sudoku'?)" in failed["error"]
     assert len(laden.SweepDataset(out)) == 2
+
+
+@needs_arcade
+def test_cli_runs_the_bundled_puzzle_example_by_name(kernel: laden.Kernel) -> None:
+    report = json.loads(
+        run_cli(kernel, "sweep", "--example", "puzzle", "--dry-run", "--json", code=0).stdout
+    )
+    assert report["total"] == 90
+    assert report["examples"][0]["id"] == "puzzle_gsudoku_deasy_rep0"
+    assert report["output"]["directory"] == "batch_results/puzzles"
+    wrong = run_cli(kernel, "sweep", "--example", "puzzles", "--dry-run", code=2)
+    assert "'puzzles' is not one of 'gaussian', 'puzzle'" in wrong.output

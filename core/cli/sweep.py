@@ -54,9 +54,22 @@ def _print_dry_run(report: dict[str, Any]) -> None:
         click.echo(f"  warning: {error}")
 
 
+#: The bundled example sweep files, and where ``--example`` writes (relative to the working dir).
+EXAMPLES = ("gaussian", "puzzle")
+EXAMPLE_OUTPUT = {"gaussian": "batch_results/my_dataset", "puzzle": "batch_results/puzzles"}
+
+
 @click.command("sweep")
 @click.argument("file", type=click.Path(dir_okay=False), required=False)
-@click.option("--example", is_flag=True, help="Use the bundled example (75 Gaussian points).")
+@click.option(
+    "--example",
+    type=click.Choice(EXAMPLES),
+    is_flag=False,
+    flag_value="gaussian",
+    default=None,
+    help="Use a bundled example: gaussian (the seed's 75 points; the default) or puzzle "
+    "(90 chuk-puzzles-gym episodes, extra arcade).",
+)
 @click.option(
     "--dry-run", is_flag=True, help="Show the points, layout and estimates; write nothing."
 )
@@ -71,7 +84,7 @@ def _print_dry_run(report: dict[str, Any]) -> None:
 def sweep_command(
     ctx: click.Context,
     file: str | None,
-    example: bool,
+    example: str | None,
     dry_run: bool,
     resume: bool,
     retry_failed: bool,
@@ -89,13 +102,13 @@ def sweep_command(
     when any failed); --resume continues after a crash, --retry-failed reruns
     the failures.
     """
-    if (file is None) == (not example):
+    if (file is None) == (example is None):
         raise click.UsageError("pass a sweep FILE or --example")
-    path = example_path() if example else str(file)
+    path = example_path(example) if example else str(file)
     kernel = kernel_of(ctx)
     spec = load_sweep(path, kernel=kernel)
     if example:  # never inside the installed package: relative to here
-        spec = attrs.evolve(spec, output_dir="batch_results/my_dataset")
+        spec = attrs.evolve(spec, output_dir=EXAMPLE_OUTPUT[example])
     if executor is not None:
         spec_executor: dict[str, Any] = {"name": executor}
     else:
