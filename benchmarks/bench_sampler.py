@@ -11,7 +11,8 @@ are installed.
 Issue 16: a 3-epoch plan of ``--peer-n`` lengths with ``num_buckets`` costs
 about what it costs with the edges given (the search runs once per plan), and
 at most 1% of epoch 1's batches repeat a batch of epoch 0 (``vary_batches``;
-before, 11% on long-tailed lengths), at about the same padding efficiency.
+without it, 11% on long-tailed lengths and 30-45% on 5,000 samples), at a
+padding efficiency within 0.01 of the sorted cut's.
 """
 
 from __future__ import annotations
@@ -220,7 +221,9 @@ def edges_once_and_repeats(n: int, repeats: int) -> None:
         ],
     )
     rows = []
-    for label, data in (("long tail, 73k", long_tail(73_000)), (f"peer, {n:,}", lengths)):
+    small = np.clip(np.random.default_rng(1).lognormal(5, 1, 5000), 1, 3000).astype(np.int64)
+    sets = (("long tail, 73k", long_tail(73_000)), ("small, 5k", small), (f"peer, {n:,}", lengths))
+    for label, data in sets:
         data_table = laden.LengthTable.from_lengths(data)
         for config in ({"num_buckets": 8}, {"num_buckets": 4}, {}):
             for vary in (True, False):
@@ -232,7 +235,7 @@ def edges_once_and_repeats(n: int, repeats: int) -> None:
                     [
                         label,
                         str(config or "no buckets"),
-                        "on" if vary else "off (before)",
+                        "on" if vary else "off (sorted cut)",
                         f"{repeat_rate(epochs[0], epochs[1]):.2%}",
                         f"{np.mean([e.efficiency(data) for e in epochs]):.4f}",
                         f"{len(epochs[0]):,}",

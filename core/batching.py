@@ -176,6 +176,7 @@ def cut_descending(
     quadratic: bool = False,
     max_batch_size: int | None = None,
     phase: np.ndarray | None = None,
+    nearly: np.ndarray | None = None,
 ) -> np.ndarray:
     """Greedy batch starts over lengths sorted descending inside segments.
 
@@ -187,26 +188,31 @@ def cut_descending(
     The loop runs once per batch, never per sample.
 
     :param phase: one number in ``[0, 1)`` per segment, shifting where its cuts
-        fall: see :func:`_phase_bounds`. Random phases make batch composition
-        vary across epochs even where the sorted order is the same.
+        fall: its first batch takes ``ceil(phase * size)`` samples, so every
+        later cut moves. Random phases make batch composition vary across
+        epochs even where the sorted order is the same.
+    :param nearly: one bool per segment: its lengths are only nearly sorted
+        (a sample may stand a few places below a shorter one), so a batch is
+        padded to its longest sample wherever it stands, and takes fewer
+        samples where that one needs it.
     """
     n = lengths_desc.size
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     longest = int(lengths_desc.max())
-    # Batch size by the batch's longest length, looked up instead of computed per sample.
-    cost = np.maximum(np.arange(longest + 1, dtype=np.int64), 1)
-    if quadratic:
-        cost = cost * cost
-    sizes = np.maximum(token_budget // cost, 1)
-    if max_batch_size is not None:
-        np.minimum(sizes, max_batch_size, out=sizes)
+    sizes = _batch_sizes(longest, token_budget, quadratic, max_batch_size)
     size_of = sizes.tolist()
-    length_at = np.ascontiguousarray(lengths_desc, dtype=np.int64).data
-    starts = []
+    lengths = np.ascontiguousarray(lengths_desc, dtype=np.int64)
+    length_at = lengths.data  # memoryview: fast scalar reads in the loop
+    starts: list[int] = []
     bounds = np.asarray(segment_bounds, dtype=np.int64).tolist()
-    firsts = [0.0] * (len(bounds) - 1) if phase is None else np.asarray(phase).tolist()
-    for (a, b), first in zip(itertools.pairwise(bounds), firsts, strict=True):
+    segments = len(bounds) - 1
+    firsts = [0.0] * segments if phase is None else np.asarray(phase).tolist()
+    unsorted = [False] * segments if nearly is None else np.asarray(nearly, dtype=bool).tolist()
+    for (a, b), first, loose in zip(itertools.pairwise(bounds), firsts, unsorted, strict=True):
+        if loose:
+            _cut_nearly(lengths[a:b].tolist(), a, size_of, first, starts)
+            continue
         i = a
         if first and i < b:  # a first batch of ceil(phase * size): every later cut moves
             starts.append(i)
@@ -215,3 +221,33 @@ def cut_descending(
             starts.append(i)
             i += size_of[length_at[i]]
     return np.asarray(starts, dtype=np.int64)
+
+
+def _batch_sizes(
+    longest: int, token_budget: int, quadratic: bool, max_batch_size: int | None
+) -> np.ndarray:
+    """The most samples a batch padded to each length ``0..longest`` holds within the budget."""
+    cost = np.maximum(np.arange(longest + 1, dtype=np.int64), 1)
+    if quadratic:
+        cost = cost * cost
+    sizes: np.ndarray = np.maximum(token_budget // cost, 1)
+    if max_batch_size is not None:
+        np.minimum(sizes, max_batch_size, out=sizes)
+    return sizes
+
+
+def _cut_nearly(
+    lengths: list[int], offset: int, size_of: list[int], first: float, starts: list[int]
+) -> None:
+    """Greedy starts over nearly sorted ``lengths``: each batch padded to its own longest."""
+    i, n = 0, len(lengths)
+    while i < n:
+        take = size_of[lengths[i]]
+        if first:  # the phase's first batch: ceil(phase * size) samples
+            take, first = max(math.ceil(first * take), 1), 0.0
+        longest = max(lengths[i : i + take])
+        while take > 1 and size_of[longest] < take:  # a longer sample stands inside
+            take = size_of[longest]
+            longest = max(lengths[i : i + take])
+        starts.append(offset + i)
+        i += take

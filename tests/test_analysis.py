@@ -147,8 +147,9 @@ def test_analyze_command(kernel: laden.Kernel, cache: Path) -> None:
     assert sum(b["samples"] for b in data["buckets"]) == 5000
     plan = data["token_budget_plan"]
     assert plan["samples"] == 5000
-    # 5,000 samples: every bucket is small, so varying batches across epochs costs ~0.02.
-    assert plan["efficiency"] > 0.94
+    # 5,000 samples: every bucket is small; varying batches across epochs costs ~0.003
+    # here (0.97 with vary_batches off; 0.95 when small buckets were split in two pools).
+    assert plan["efficiency"] > 0.96
     assert plan["repeat_rate"] <= 0.01
     assert data["random_fixed_plan"]["efficiency"] < plan["efficiency"]
     assert data["recommendations"]
