@@ -1,6 +1,7 @@
 """The bundled grid env at 256 envs: laden (numpy, JAX scan) beside a bare loop and gymnasium.
 
-    python benchmarks/bench_envs.py [--num-envs 256] [--steps 200] [--no-jax] [--no-gym]
+    python benchmarks/bench_envs.py [--num-envs 256] [--steps 200] [--rounds 15]
+                                    [--no-jax] [--no-torch] [--no-gym]
 
 Every row steps the same rules (``laden.contrib.grid_env``: 6x6 grids, 4
 colors, episodes truncated at 48 steps) under a uniform random policy:
@@ -11,10 +12,18 @@ colors, episodes truncated at 48 steps) under a uniform random policy:
   observations of reset envs, a second observation column; the bare loop does
   not record them); ``pool`` (resets gathered from 64 precomputed states) and
   ``no resets`` (episodes never end) beside it;
+- laden torch: the same runner over ``GridEnvTorch`` on the CPU (the env's
+  state in torch tensors, the columns recorded on the host), ``same_step``,
+  one torch thread;
 - bare numpy loop: the same rules written inline, one ``default_rng`` for the
   actions and resets, recording obs/action/reward/terminated/truncated as
   ``[T, N, ...]`` arrays: a hand-written rollout collector without laden;
 - gymnasium ``SyncVectorEnv`` of ``num_envs`` single grid envs (extra gym).
+
+The numpy and torch rows take turns for ``--rounds`` rounds (see
+:func:`side_by_side`) and report medians of wall time (env-steps/s, vs bare)
+and of this process's CPU time (vs bare (cpu): steadier when other jobs load
+the machine); the load average is printed before and after.
 
 Targets (issue 13): >= 600k env-steps/s with numpy and JAX scan, >= 10x
 gymnasium, within 15% of the bare loop; ``pool`` <= 1.5x the no-reset cost.
@@ -23,7 +32,10 @@ gymnasium, within 15% of the bare loop; ``pool`` <= 1.5x the no-reset cost.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +50,66 @@ from laden.stream.envs import EnvRunner
 NEVER = 10**9
 
 
-def laden_numpy(n: int, steps: int, autoreset: str, limit: int, final_obs: bool = True) -> float:
+def laden_numpy(
+    n: int, steps: int, autoreset: str, limit: int, final_obs: bool = True
+) -> Callable[[], Any]:
+    """One rollout chunk of the runner (warmed up), as the timed call."""
     env = GridEnv(max_episode_steps=limit)
     runner = EnvRunner(env, num_envs=n, seed=0, autoreset=autoreset, final_obs=final_obs)
     runner.rollout(steps)  # warm up
-    seconds, _ = median_time(lambda: runner.rollout(steps), repeats=5)
-    return n * steps / seconds
+    return lambda: runner.rollout(steps)
+
+
+def laden_torch(n: int, steps: int, limit: int) -> Callable[[], Any]:
+    """One rollout chunk of the runner over the torch grid env (warmed up).
+
+    One torch thread: a step's tensors are a few KB, and on the 2 shared cores
+    torch's intra-op threads only spin against the numpy rows (4x slower).
+    """
+    import torch
+
+    from laden.contrib.grid_env import GridEnvTorch
+
+    torch.set_num_threads(1)
+
+    runner = EnvRunner(
+        GridEnvTorch(max_episode_steps=limit), num_envs=n, seed=0, autoreset="same_step"
+    )
+    runner.rollout(steps)
+    return lambda: runner.rollout(steps)
+
+
+def side_by_side(
+    calls: dict[str, Callable[[], Any]], rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall and CPU seconds per call, the calls taking turns round after round
+    (the order rotated each round), so a load change on the shared machine hits
+    every row alike. The CPU time (this process's) is what the load of other
+    processes disturbs least.
+
+    Each turn is one untimed call, then two timed ones: the first call after
+    another row's settles the allocator (freed chunk memory handed back to the
+    system and faulted in again, which on this VM costs more than a rollout step),
+    so every row is timed in its own steady state, as a run of one config is.
+    """
+    wall: dict[str, list[float]] = {k: [] for k in calls}
+    cpu: dict[str, list[float]] = {k: [] for k in calls}
+    names = list(calls)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            calls[name]()
+            for _ in range(2):
+                began, began_cpu = time.perf_counter(), time.process_time()
+                calls[name]()
+                cpu[name].append(time.process_time() - began_cpu)
+                wall[name].append(time.perf_counter() - began)
+    return (
+        {k: statistics.median(v) for k, v in wall.items()},
+        {k: statistics.median(v) for k, v in cpu.items()},
+    )
 
 
 def laden_jax(n: int, steps: int, autoreset: str, limit: int) -> tuple[float, float]:
-    import time
-
     from laden.contrib.grid_env import GridEnvJax
     from laden.stream.envs.jaxrun import JaxRunner
 
@@ -60,7 +121,7 @@ def laden_jax(n: int, steps: int, autoreset: str, limit: int) -> tuple[float, fl
     return n * steps / seconds, first - seconds
 
 
-def bare_numpy(n: int, steps: int) -> float:
+def bare_numpy(n: int, steps: int) -> Callable[[], None]:
     """The grid rules written inline, recording what a rollout is for: no laden.
 
     One ``default_rng`` draws the chunk's actions up front and the resets;
@@ -113,8 +174,7 @@ def bare_numpy(n: int, steps: int) -> float:
                 matches[done] = (grid[done, :cells] == grid[done, cells:]).sum(1)
                 count[done] = 0
 
-    seconds, _ = median_time(loop, repeats=5)
-    return n * steps / seconds
+    return loop
 
 
 def gymnasium_sync(n: int, steps: int) -> float:
@@ -142,16 +202,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--no-jax", action="store_true")
     parser.add_argument("--no-gym", action="store_true")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--rounds", type=int, default=15, help="turns of the numpy rows")
     args = parser.parse_args()
     n, steps, limit = args.num_envs, args.steps, GridConfig().max_episode_steps
-    rates: dict[str, Any] = {}
-    rates["bare numpy loop (same_step resets)"] = bare_numpy(n, steps)
-    rates["laden numpy, same_step"] = laden_numpy(n, steps, "same_step", limit)
-    rates["laden numpy, same_step, no final_obs"] = laden_numpy(
-        n, steps, "same_step", limit, final_obs=False
-    )
-    rates["laden numpy, pool"] = laden_numpy(n, steps, "pool", limit, final_obs=False)
-    rates["laden numpy, no resets"] = laden_numpy(n, steps, "same_step", NEVER, final_obs=False)
+    print("load before:", Path("/proc/loadavg").read_text().strip())
+    bare = "bare numpy loop (same_step resets)"
+    calls = {
+        bare: bare_numpy(n, steps),
+        "laden numpy, same_step": laden_numpy(n, steps, "same_step", limit),
+        "laden numpy, same_step, no final_obs": laden_numpy(
+            n, steps, "same_step", limit, final_obs=False
+        ),
+        "laden numpy, pool": laden_numpy(n, steps, "pool", limit, final_obs=False),
+        "laden numpy, no resets": laden_numpy(n, steps, "same_step", NEVER, final_obs=False),
+    }
+    if not args.no_torch:
+        try:
+            calls["laden torch (GridEnvTorch, cpu), same_step"] = laden_torch(n, steps, limit)
+        except ImportError:
+            print("torch not installed: skipping the torch row")
+    wall, cpu = side_by_side(calls, args.rounds)
+    rates: dict[str, Any] = {k: n * steps / v for k, v in wall.items()}
     compile_s = {}
     if not args.no_jax:
         try:
@@ -172,20 +244,23 @@ def main() -> None:
             rates["gymnasium SyncVectorEnv"] = gym_rate
         except ImportError:
             print("gymnasium not installed: skipping its row")
-    bare = rates["bare numpy loop (same_step resets)"]
+    print("load after:", Path("/proc/loadavg").read_text().strip())
+    bare_rate = rates[bare]
     rows = []
     for label, value in rates.items():
         rows.append(
             [
                 label,
                 f"{value:,.0f}",
-                f"{value / bare:.2f}",
+                f"{value / bare_rate:.2f}",
+                f"{cpu[bare] / cpu[label]:.2f}" if label in cpu else "-",
                 f"{value / gym_rate:.1f}x" if gym_rate else "-",
                 f"{compile_s[label]:.1f}" if label in compile_s else "-",
             ]
         )
     print(f"grid env, {n} envs, {steps} steps per rollout, random policy")
-    print_table(["implementation", "env-steps/s", "vs bare", "vs gymnasium", "compile s"], rows)
+    headers = ["implementation", "env-steps/s", "vs bare", "vs bare (cpu)", "vs gymnasium"]
+    print_table([*headers, "compile s"], rows)
     print()
     for family in ("laden numpy", "laden JAX scan"):
         if f"{family}, pool" in rates:

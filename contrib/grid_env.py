@@ -1,4 +1,4 @@
-"""``grid``: a small ARC-like grid environment, in numpy and in JAX, with the same rules.
+"""``grid``: a small ARC-like grid environment, in numpy, torch and JAX, with the same rules.
 
 Each env holds a *working* grid and a *target* grid (``height x width`` cells,
 ``colors`` colors). At reset the target is random and the working grid equals
@@ -9,10 +9,12 @@ is the change in similarity (matching cells / cells), so a correct paint earns
 the grids match and is truncated after ``max_episode_steps`` steps. The
 observation is ``[2, height, width]`` int8: the working grid, then the target.
 
-:class:`GridEnv` (numpy) and :class:`GridEnvJax` (JAX, one env written plainly,
-batched with ``vmap`` and compiled with ``jit``) give identical steps from the
-same state; their resets draw from different generators (numpy keys vs JAX
-keys), so tests compare them from the same initial grids (:meth:`GridEnv.initial_state`).
+:class:`GridEnv` (numpy), :class:`GridEnvTorch` (torch tensors on any device)
+and :class:`GridEnvJax` (JAX, one env written plainly, batched with ``vmap``
+and compiled with ``jit``) give identical steps from the same state. The torch
+env draws its resets from the same ``uint64`` keys as the numpy one (so whole
+rollouts match); the JAX env from JAX keys, so tests compare it from the same
+initial grids (:meth:`GridEnv.initial_state`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,21 @@ from laden.errors import ConfigError
 from laden.hookspecs import hookimpl
 from laden.plugins.sources.env_batch import EnvBatchSource
 from laden.registry import Registry
-from laden.stream.envs.base import EnvSpec, EnvStepError, bits, integers_below
+from laden.stream.envs.base import EnvSpec, EnvStepError, fold, integers_below
 
-__all__ = ["GridConfig", "GridEnv", "GridEnvJax", "GridSource", "make", "oracle_policy"]
+__all__ = [
+    "GridConfig",
+    "GridEnv",
+    "GridEnvJax",
+    "GridEnvTorch",
+    "GridSource",
+    "make",
+    "make_torch",
+    "oracle_policy",
+]
+
+
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def _at_least(low: int) -> Any:
@@ -91,9 +105,13 @@ class GridEnv:
         self.spec = c.spec()
         self._cells, self._actions = c.cells, c.cells * c.colors
         self._scale = np.float32(c.cells)
-        self._highs = np.concatenate(
-            [np.full(c.cells, c.colors), np.full(c.cells, c.colors - 1), np.full(c.noise, c.cells)]
-        )
+        # per action: the cell it paints and the color (lookups instead of divmod per step)
+        actions = np.arange(self._actions)
+        self._cell_of = (actions // c.colors).astype(np.intp)
+        self._color_of = (actions % c.colors).astype(np.int8)
+        self._offsets = np.zeros(0, dtype=np.intp)  # env j's first cell in the flat grid
+        self._words = np.concatenate([np.arange(c.cells), 2 * c.cells + np.arange(c.noise)])
+        self._highs = np.concatenate([np.full(c.cells, c.colors), np.full(c.noise, c.cells)])
 
     # ------------------------------------------------------------ reset
 
@@ -104,19 +122,23 @@ class GridEnv:
         if keys.ndim != 1:
             raise EnvStepError(f"reset takes one uint64 key per env, got shape {keys.shape}")
         n, cells = keys.shape[0], c.cells
-        raw = integers_below(bits(keys, 2 * cells + c.noise), self._highs)
+        # word k of env i's stream is fold(key_i, k): words 0..cells-1 are the target's
+        # colors, words 2 * cells + m pick the noisy cells, and word cells + c is the
+        # shift of cell c, drawn only for the noisy cells
+        raw = integers_below(fold(keys[:, None], self._words), self._highs)
         target = raw[:, :cells].astype(np.int8)
-        shift = raw[:, cells : 2 * cells].astype(np.int8)
-        shift += 1
-        wrong = np.zeros((n, cells), dtype=bool)
-        wrong[np.arange(n)[:, None], raw[:, 2 * cells :]] = True
-        working = np.where(wrong, (target + shift) % c.colors, target).astype(np.int8)
+        noisy = raw[:, cells:]
+        shift = integers_below(fold(keys[:, None], cells + noisy), c.colors - 1) + 1
+        rows = np.arange(n)[:, None]
+        working = target.copy()
+        # computed in int64: int8 would wrap for colors > 64
+        working[rows, noisy] = (target[rows, noisy] + shift) % c.colors
         shape = (n, c.height, c.width)
         return target.reshape(shape), working.reshape(shape)
 
     def initial_state(self, target: np.ndarray, working: np.ndarray) -> tuple[dict[str, Any], Any]:
         """The state (and observation) of envs starting from these grids."""
-        grid = np.stack([working, target], axis=1).astype(np.int8)
+        grid = np.stack([working, target], axis=1).astype(np.int8, copy=False)
         matches = (grid[:, 0] == grid[:, 1]).reshape(len(grid), -1).sum(1, dtype=np.int32)
         state = {"grid": grid, "matches": matches, "steps": np.zeros(len(grid), dtype=np.int32)}
         return state, grid
@@ -130,34 +152,39 @@ class GridEnv:
         array = np.asarray(action)
         if array.shape != (n,):
             raise EnvStepError(f"grid: actions must have shape ({n},), got {array.shape}")
-        if array.dtype.kind not in "iu":
+        kind = array.dtype.kind
+        if kind not in "iu":
             raise EnvStepError(f"grid: actions must be integers, got {array.dtype}")
+        if n:
+            # one reduction checks both ends: a negative action is huge as unsigned
+            unsigned = array if kind == "u" else array.view(_UNSIGNED[array.dtype.itemsize])
+            if np.maximum.reduce(unsigned) >= self._actions:
+                j = int(np.flatnonzero((array < 0) | (array >= self._actions))[0])
+                raise EnvStepError(
+                    f"grid: action {int(array[j])} is outside [0, {self._actions})", env_index=j
+                )
         return array
 
     def step(self, state: dict[str, Any], action: Any) -> tuple[dict[str, Any], Any, Any, Any, Any]:
-        c, cells = self.config, self._cells
         grid = state["grid"]
         n = grid.shape[0]
         a = self.check_action(action, n)
-        if n and (a.min() < 0 or a.max() >= self._actions):
-            j = int(np.flatnonzero((a < 0) | (a >= self._actions))[0])
-            raise EnvStepError(
-                f"grid: action {int(a[j])} is outside [0, {self._actions})", env_index=j
-            )
-        cell, color = np.divmod(a, c.colors)
-        color = color.astype(np.int8)
+        if self._offsets.shape[0] != n:
+            self._offsets = np.arange(n, dtype=np.intp) * (2 * self._cells)
+        color = self._color_of[a]
+        where = self._offsets + self._cell_of[a]  # the painted cell in the flat [N * 2 * cells]
         new_grid = grid.copy()  # owns its memory: the runner may write resets into it
-        flat = new_grid.reshape(n, 2 * cells)
-        rows = np.arange(n)
-        old = flat[rows, cell]
-        want = flat[rows, cells + cell]
-        flat[rows, cell] = color
-        delta = (color == want).view(np.int8) - (old == want).view(np.int8)
+        flat = new_grid.reshape(-1)
+        old = flat[where]
+        want = flat[where + self._cells]
+        flat[where] = color
+        delta = np.subtract(color == want, old == want, dtype=np.int8)
         matches = state["matches"] + delta
         steps = state["steps"] + 1
         reward = delta.astype(np.float32) / self._scale
-        terminated = matches == cells
-        truncated = (steps >= c.max_episode_steps) & ~terminated
+        terminated = matches == self._cells
+        # bools: a > b is a & ~b
+        truncated = (steps >= self.config.max_episode_steps) > terminated
         return (
             {"grid": new_grid, "matches": matches, "steps": steps},
             new_grid,
@@ -265,17 +292,121 @@ class GridEnvJax:
         return {k: jnp.asarray(v) for k, v in state.items()}
 
 
+class GridEnvTorch:
+    """The torch implementation: the same rules over torch tensors on ``device``.
+
+    ``state`` is :class:`GridEnv`'s dict, as tensors; ``step`` takes and gives
+    tensors (actions may also be numpy arrays) and runs in torch only. ``reset``
+    takes the same ``uint64`` keys as :class:`GridEnv` (laden's numpy/torch keys;
+    torch has no 64-bit unsigned shifts) and draws the grids from them with
+    :meth:`GridEnv.initial_grids`, so both envs give the same bytes from the same
+    keys: a whole rollout, resets included, matches the numpy env's.
+
+    :param device: where the state lives (``cpu``, ``cuda``, ...).
+    """
+
+    backend: ClassVar[str] = "torch"
+
+    def __init__(self, config: GridConfig | None = None, *, device: Any = "cpu", **settings: Any):
+        import torch
+
+        self.config = c = config if config is not None else GridConfig(**settings)
+        self.spec = c.spec()
+        self.device = torch.device(device)
+        self._draw = GridEnv(c)
+        self._cells, self._actions = c.cells, c.cells * c.colors
+        actions = np.arange(self._actions)
+        self._cell_of = torch.as_tensor(actions // c.colors, device=self.device)
+        self._color_of = torch.as_tensor((actions % c.colors).astype(np.int8), device=self.device)
+        # delta -1, 0, +1 -> reward, divided by numpy as GridEnv does (the same float32 bytes)
+        rewards = np.array([-1, 0, 1], dtype=np.float32) / np.float32(c.cells)
+        self._reward_of = torch.as_tensor(rewards, device=self.device)
+        self._offsets = torch.zeros(0, dtype=torch.int64, device=self.device)
+
+    def initial_state(self, target: Any, working: Any) -> tuple[dict[str, Any], Any]:
+        """The state (and observation) of envs starting from these grids (numpy or torch)."""
+        import torch
+
+        target = torch.as_tensor(target, device=self.device)
+        working = torch.as_tensor(working, device=self.device)
+        grid = torch.stack([working, target], dim=1).to(torch.int8)
+        n = grid.shape[0]
+        matches = (grid[:, 0] == grid[:, 1]).reshape(n, -1).sum(1, dtype=torch.int32)
+        steps = torch.zeros(n, dtype=torch.int32, device=self.device)
+        return {"grid": grid, "matches": matches, "steps": steps}, grid
+
+    def reset(self, keys: Any) -> tuple[dict[str, Any], Any]:
+        host = keys.cpu().numpy() if hasattr(keys, "cpu") else keys
+        return self.initial_state(*self._draw.initial_grids(np.asarray(host, dtype=np.uint64)))
+
+    def from_numpy_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        return {k: torch.as_tensor(v, device=self.device) for k, v in state.items()}
+
+    def step(self, state: dict[str, Any], action: Any) -> tuple[dict[str, Any], Any, Any, Any, Any]:
+        import torch
+
+        grid = torch.as_tensor(state["grid"], device=self.device)
+        n = grid.shape[0]
+        a = torch.as_tensor(action, device=self.device)
+        if tuple(a.shape) != (n,):
+            raise EnvStepError(f"grid: actions must have shape ({n},), got {tuple(a.shape)}")
+        if a.dtype.is_floating_point or a.dtype.is_complex or a.dtype == torch.bool:
+            raise EnvStepError(f"grid: actions must be integers, got {a.dtype}")
+        a = a.long()
+        if n and bool(((a < 0) | (a >= self._actions)).any()):
+            j = int(torch.nonzero((a < 0) | (a >= self._actions))[0, 0])
+            raise EnvStepError(
+                f"grid: action {int(a[j])} is outside [0, {self._actions})", env_index=j
+            )
+        if self._offsets.shape[0] != n:
+            self._offsets = torch.arange(n, device=self.device) * (2 * self._cells)
+        color = self._color_of[a]
+        where = self._offsets + self._cell_of[a]
+        new_grid = grid.clone()  # owns its memory: the runner may write resets into it
+        flat = new_grid.view(-1)
+        old = flat[where]
+        want = flat[where + self._cells]
+        flat[where] = color
+        delta = (color == want).to(torch.int8) - (old == want).to(torch.int8)
+        matches = torch.as_tensor(state["matches"], device=self.device) + delta
+        steps = torch.as_tensor(state["steps"], device=self.device) + 1
+        reward = self._reward_of[delta.long() + 1]
+        terminated = matches == self._cells
+        truncated = (steps >= self.config.max_episode_steps) & ~terminated
+        return (
+            {"grid": new_grid, "matches": matches, "steps": steps},
+            new_grid,
+            reward,
+            terminated,
+            truncated,
+        )
+
+
 def make(
     *, backend: str = "numpy", num_envs: int | None = None, **settings: Any
-) -> GridEnv | GridEnvJax:
-    """The env factory (``laden.contrib.grid_env:make``): numpy (also for torch runs) or JAX.
+) -> GridEnv | GridEnvJax | GridEnvTorch:
+    """The env factory (``laden.contrib.grid_env:make``): ``numpy`` (also what torch runs
+    use unless they ask for ``grid_torch``), ``jax`` or ``torch`` (``device`` in settings).
 
     ``num_envs`` is not needed (the keys passed to ``reset`` set it); ``settings``
     are :class:`GridConfig`'s.
     """
     if backend == "jax":
         return GridEnvJax(**settings)
+    if backend == "torch":
+        return GridEnvTorch(**settings)
     return GridEnv(**settings)
+
+
+def make_torch(
+    *, backend: str = "numpy", num_envs: int | None = None, device: Any = "cpu", **settings: Any
+) -> GridEnvTorch:
+    """The ``grid_torch`` factory: :class:`GridEnvTorch` on ``device`` (``env_options``)."""
+    if backend == "jax":
+        raise ConfigError("grid_torch runs on torch; use env 'grid' with JAX", path=("env",))
+    return GridEnvTorch(device=device, **settings)
 
 
 @attrs.frozen(kw_only=True)

@@ -170,6 +170,7 @@ ARTIFACT_KINDS = {
     "laden.shards": "directory of rank-R plan shards",
     "laden.cli.demo": "laden demo output",
     "laden.replay_buffer": "saved replay buffer",
+    "laden.rollouts": "rollout file directory",
     "laden.stream": "stream collection",
     "laden.sweep": "sweep output directory",
     "laden.timeseries": "time-series cache",

@@ -56,6 +56,17 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             "-o",
             str(root / "batches"),
         ],
+        [
+            "envs",
+            "collect",
+            "grid",
+            "-o",
+            str(root / "rollouts"),
+            "--num-envs",
+            "2",
+            "--chunks",
+            "1",
+        ],
     ]
     for args in steps:
         result = invoke(kernel, args)
@@ -73,6 +84,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "plan": str(root / "plan"),
         "shards": str(root / "shards"),
         "batches": str(root / "batches"),
+        "rollouts": str(root / "rollouts"),
         "nolens": str(root / "nolens"),
         "bad": str(root / "bad.yaml"),
         "notes": str(root / "notes.txt"),
@@ -277,9 +289,56 @@ MISTAKES: list[tuple[str, list[str], tuple[int, ...], str]] = [
         "envs-bench-unknown-env",
         ["envs", "bench", "nosuch", "--num-envs", "1", "--steps", "1", "--repeats", "1"],
         (2,),
-        "env: must be a bundled env (grid), 'gym:ID', a gymnasium id",
+        "env: must be a bundled env (grid, grid_torch), 'gym:ID', a gymnasium id",
     ),
     ("envs-bench-no-envs", ["envs", "bench", "grid", "--num-envs", "0"], (2,), "must be > 0"),
+    (
+        "envs-collect-into-a-folder-of-other-files",
+        ["envs", "collect", "grid", "-o", "{tmp}", "--chunks", "1"],
+        (2,),
+        "is not empty; choose an empty directory",
+    ),
+    (
+        "envs-collect-into-a-plan",
+        ["envs", "collect", "grid", "-o", "{plan}", "--chunks", "1", "--force"],
+        (2,),
+        "holds a batch plan, not a rollout file directory",
+    ),
+    (
+        "envs-collect-again-without-resume",
+        ["envs", "collect", "grid", "-o", "{rollouts}", "--num-envs", "2", "--chunks", "1"],
+        (2,),
+        "already holds a rollout file directory; pass --resume",
+    ),
+    (
+        "envs-collect-resume-other-settings",
+        [
+            "envs",
+            "collect",
+            "grid",
+            "-o",
+            "{rollouts}",
+            "--num-envs",
+            "2",
+            "--seed",
+            "5",
+            "--resume",
+        ],
+        (2,),
+        "cannot resume: {rollouts} was written with source seed 0; this run has seed 5",
+    ),
+    (
+        "envs-collect-resume-and-force",
+        ["envs", "collect", "grid", "-o", "{rollouts}", "--resume", "--force"],
+        (2,),
+        "force starts over and resume continues: pass one",
+    ),
+    (
+        "envs-collect-zero-chunks",
+        ["envs", "collect", "grid", "-o", "{tmp}/r0", "--chunks", "0"],
+        (2,),
+        "--chunks",
+    ),
     # Executors: an unknown name, a bad setting, a setting without a value.
     (
         "executor-unknown",

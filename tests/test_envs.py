@@ -413,3 +413,65 @@ def test_envs_bench_command(tmp_path: Any) -> None:
     assert [r["num_envs"] for r in report["rows"]] == [1, 8]
     assert report["best_num_envs"] in (1, 8)
     assert report["rows"][0]["state_bytes_per_env"] > 0
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    n=st.integers(1, 9),
+    limit=st.integers(1, 6),
+    chunks=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    autoreset=st.sampled_from(["next_step", "same_step", "pool"]),
+    oracle=st.booleans(),
+)
+def test_chunked_rollouts_are_one_rollout_and_statistics_add_up(
+    seed: int, n: int, limit: int, chunks: list[int], autoreset: str, oracle: bool
+) -> None:
+    def runner() -> EnvRunner:
+        return EnvRunner(
+            GridEnv(max_episode_steps=limit),
+            num_envs=n,
+            seed=seed,
+            autoreset=autoreset,
+            policy=oracle_policy if oracle else "random",
+            reset_pool_size=3,
+        )
+
+    chunked = runner()
+    parts = [chunked.rollout(steps) for steps in chunks]
+    whole = runner().rollout(sum(chunks))
+    for key in (*COLUMNS, "active", "final_obs"):
+        joined = np.concatenate([p[key] for p in parts])
+        assert np.array_equal(joined, whole[key]), key
+    # every finished episode's statistics, from the columns one env at a time
+    ended = {k: np.concatenate([p.episodes[k] for p in parts]) for k in whole.episodes}
+    active = whole["active"]
+    for row in range(ended["env"].size):
+        env, episode = int(ended["env"][row]), int(ended["episode_id"][row])
+        rows = (whole["episode_id"][:, env] == episode) & active[:, env]
+        assert ended["length"][row] == rows.sum()
+        assert ended["return"][row] == whole["reward"][rows, env].astype(np.float64).sum()
+        last = np.flatnonzero(rows)[-1]
+        assert ended["terminated"][row] == whole["terminated"][last, env]
+        assert whole["terminated"][last, env] | whole["truncated"][last, env]
+        assert (whole["step_index"][rows, env] == np.arange(rows.sum())).all()
+    done = whole["terminated"] | whole["truncated"]
+    assert ended["env"].size == done.sum()
+
+
+@pytest.mark.parametrize("autoreset", ["same_step", "pool", "next_step"])
+def test_env_returning_nan_reward_names_the_env_step_and_key(autoreset: str) -> None:
+    class Broken(GridEnv):
+        def step(self, state: Any, action: Any) -> Any:
+            out = list(super().step(state, action))
+            if (state["steps"] == 4).any():
+                out[2] = out[2].copy()
+                out[2][3] = np.nan
+            return tuple(out)
+
+    runner = EnvRunner(Broken(max_episode_steps=30), num_envs=5, seed=0, autoreset=autoreset)
+    runner.rollout(2)
+    with pytest.raises(
+        EnvStepError, match=r"env 3 \(key 0x[0-9a-f]{16}\): the env returned reward nan at step 4"
+    ):
+        runner.rollout(6)

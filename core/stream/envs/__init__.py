@@ -12,6 +12,7 @@ from laden.stream.envs.base import (
     env_keys,
     fold,
 )
+from laden.stream.envs.files import RolloutReader, read_rollouts, write_rollouts
 from laden.stream.envs.runner import AUTORESETS, EnvRunner, Rollout, random_policy
 
 __all__ = [
@@ -23,7 +24,10 @@ __all__ = [
     "EnvStepError",
     "Policy",
     "Rollout",
+    "RolloutReader",
     "env_keys",
     "fold",
     "random_policy",
+    "read_rollouts",
+    "write_rollouts",
 ]

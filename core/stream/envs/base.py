@@ -119,7 +119,9 @@ class EnvSpec:
 class BatchedEnv(Protocol):
     """``N`` environments stepped in lockstep; see the module docstring for the contract.
 
-    ``backend`` is ``"numpy"`` (also what torch runs use) or ``"jax"``. An env
+    ``backend`` is ``"numpy"``, ``"torch"`` (state, actions and outputs are torch
+    tensors; :class:`~laden.stream.envs.runner.EnvRunner` keeps the state in torch
+    and records host copies) or ``"jax"``. An env
     whose state is not arrays (a wrapper around stateful envs) also defines
     ``reset_where(state, mask, keys) -> (state, obs)``, resetting only the
     envs where ``mask`` is True (keys for every env are passed).
@@ -168,11 +170,12 @@ def mix64(x: np.ndarray) -> np.ndarray:
 
 
 def _mix_in_place(z: np.ndarray) -> np.ndarray:
-    z ^= z >> _S30
+    shifted = np.empty_like(z)  # one scratch array for the three shifts
+    z ^= np.right_shift(z, _S30, out=shifted)
     z *= _M1
-    z ^= z >> _S27
+    z ^= np.right_shift(z, _S27, out=shifted)
     z *= _M2
-    z ^= z >> _S31
+    z ^= np.right_shift(z, _S31, out=shifted)
     return z
 
 
@@ -185,8 +188,8 @@ def fold(keys: np.ndarray, data: Any) -> np.ndarray:
     d = np.asarray(data, dtype=np.uint64)
     if d.ndim == 0:
         d = d.reshape(1)  # arrays wrap silently; numpy scalars would warn on overflow
-    z = keys + (d + np.uint64(1)) * _GOLDEN
-    return _mix_in_place(z)
+    step = (d + np.uint64(1)) * _GOLDEN
+    return _mix_in_place(np.add(keys, step, dtype=np.uint64))
 
 
 def bits(keys: np.ndarray, count: int) -> np.ndarray:
@@ -199,8 +202,14 @@ def bits(keys: np.ndarray, count: int) -> np.ndarray:
 
 def integers_below(raw: np.ndarray, high: Any) -> np.ndarray:
     """Integers in ``[0, high)`` from raw uint64 bits (multiply-shift; exact, no floats)."""
-    top = raw >> _S32
-    out: np.ndarray = ((top * np.asarray(high, dtype=np.uint64)) >> _S32).astype(np.int64)
+    top = np.right_shift(np.asarray(raw, dtype=np.uint64), _S32)
+    bound = np.asarray(high, dtype=np.uint64)
+    if isinstance(top, np.ndarray) and np.broadcast_shapes(top.shape, bound.shape) == top.shape:
+        top *= bound  # in place: no temporaries on the hot path
+        top >>= _S32
+    else:
+        top = (top * bound) >> _S32
+    out: np.ndarray = np.asarray(top).view(np.int64)  # below 2**32: the same bits
     return out
 
 

@@ -14,7 +14,7 @@ from laden.stream.envs.runner import EnvRunner, check_num_envs
 __all__ = ["ALIASES", "ARRAY_BACKENDS", "make_env", "make_runner", "require", "resolve_policy"]
 
 #: Short names for bundled envs.
-ALIASES = {"grid": "laden.contrib.grid_env:make"}
+ALIASES = {"grid": "laden.contrib.grid_env:make", "grid_torch": "laden.contrib.grid_env:make_torch"}
 ARRAY_BACKENDS = ("numpy", "torch", "jax")
 _GYM_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+-v\d+$")
 
@@ -117,7 +117,7 @@ def resolve_policy(policy: str | Callable[..., Any]) -> str | Callable[..., Any]
 
 
 def make_runner(env: BatchedEnv, **settings: Any) -> Any:
-    """An :class:`EnvRunner` for numpy envs, a :class:`~.jaxrun.JaxRunner` for JAX ones."""
+    """An :class:`EnvRunner` for numpy and torch envs, a :class:`~.jaxrun.JaxRunner` for JAX."""
     if "policy" in settings:
         settings["policy"] = resolve_policy(settings["policy"])
     if getattr(env, "backend", "numpy") == "jax":
