@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import print_table
 from laden.contrib.timeseries import TimeseriesSource, WindowDataset, release
@@ -69,7 +72,13 @@ def batches_of(n_windows: int, count: int, seed: int = 1) -> list[np.ndarray]:
     return [rng.integers(0, n_windows, BATCH) for _ in range(count)]
 
 
-def read_rates(src: TimeseriesSource, count: int) -> list[list[Any]]:
+def read_rates(src: TimeseriesSource, count: int, rounds: int = 7) -> list[list[Any]]:
+    """Batches/s of laden, raw slicing and a per-window torch Dataset, measured in rounds.
+
+    Each round times all three on the same batches one after the other, so a
+    noisy neighbour slows them alike; the table gives the median rate of each
+    and the median of the per-round ratios (laden's speed / the other's).
+    """
     table = src.lengths()
     data = WindowDataset(src, table)
     picks = batches_of(len(table), count)
@@ -77,59 +86,60 @@ def read_rates(src: TimeseriesSource, count: int) -> list[list[Any]]:
     mm = np.load(src.path, mmap_mode="r")
     sw = np.lib.stride_tricks.sliding_window_view(mm, WINDOW, axis=0)  # [n, F, W]
 
-    def ours() -> None:
+    def ours() -> float:
+        start = time.perf_counter()
         for p in picks:
             data.collate(p)
+        return count / (time.perf_counter() - start)
 
-    def raw() -> None:
+    def raw() -> float:
+        start = time.perf_counter()
         for s in starts:
             sw[s]  # [B, F, W]: the same bytes (not even made [B, W, F])
+        return count / (time.perf_counter() - start)
 
-    for fn in (ours, raw):  # warm the page cache for both
-        fn()
-    # alternate the two, so a noisy neighbour slows both alike; medians of 5
-    pairs = [(median(ours, 1), median(raw, 1)) for _ in range(5)]
-    t_ours = statistics.median(p[0] for p in pairs)
-    t_raw = statistics.median(p[1] for p in pairs)
-    rows = [
-        ["laden WindowDataset.collate", f"{count / t_ours:,.0f}", "1.00"],
-        ["raw sliding_window_view[starts]", f"{count / t_raw:,.0f}", f"{t_raw / t_ours:.2f}"],
-    ]
+    runs: dict[str, Any] = {
+        "laden WindowDataset.collate": ours,
+        "raw sliding_window_view[starts]": raw,
+    }
     try:
         import torch
         from torch.utils.data import DataLoader, Dataset
     except ImportError:
+        torch = None
+    if torch is not None:
+
+        class OneWindow(Dataset):  # type: ignore[type-arg]
+            def __len__(self) -> int:
+                return len(table)
+
+            def __getitem__(self, i: int) -> Any:
+                s = int(table.offset[i])  # type: ignore[index]
+                return torch.from_numpy(np.array(mm[s : s + WINDOW]))
+
+        few = max(count // 10, 5)  # the slow one reads a tenth of the batches
+        loader = DataLoader(OneWindow(), batch_sampler=[p.tolist() for p in picks[:few]])
+
+        def naive() -> float:
+            start = time.perf_counter()
+            for _batch in loader:
+                pass
+            return few / (time.perf_counter() - start)
+
+        runs["torch Dataset (one window) + default collate"] = naive
+    for fn in runs.values():  # warm the page cache and the maps for all
+        fn()
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            rates[name].append(fn())
+    mine = rates["laden WindowDataset.collate"]
+    rows = []
+    for name, values in rates.items():
+        ratio = statistics.median(m / v for m, v in zip(mine, values, strict=True))
+        rows.append([name, f"{statistics.median(values):,.0f}", f"{ratio:.2f}"])
+    if torch is None:
         rows.append(["torch Dataset, one window per __getitem__", "(torch not installed)", "-"])
-        return rows
-
-    class OneWindow(Dataset):  # type: ignore[type-arg]
-        def __init__(self) -> None:
-            self.mm = mm
-
-        def __len__(self) -> int:
-            return len(table)
-
-        def __getitem__(self, i: int) -> Any:
-            s = int(table.offset[i])  # type: ignore[index]
-            return torch.from_numpy(np.array(self.mm[s : s + WINDOW]))
-
-    few = max(count // 10, 5)
-    sampler = [p.tolist() for p in picks[:few]]
-    loader = DataLoader(OneWindow(), batch_sampler=sampler)
-
-    def naive() -> None:
-        for _batch in loader:
-            pass
-
-    naive()
-    t_naive = median(naive) * count / few
-    rows.append(
-        [
-            "torch Dataset (one window) + default collate",
-            f"{count / t_naive:,.0f}",
-            f"{t_naive / t_ours:.1f}",
-        ]
-    )
     return rows
 
 
@@ -177,7 +187,10 @@ def main() -> None:
                 ["plan only (plan_windows)", f"{median(lambda: src.windows(store)):.3f}", "-"],
             ],
         )
-        print(f"\nreading batches of {BATCH} random windows ({args.batches} batches)")
+        print(
+            f"\nreading batches of {BATCH} random windows ({args.batches} batches; medians "
+            f"of 7 rounds; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)"
+        )
         print_table(
             ["reader", "batches/s", "laden speed / this (goals: >= 0.8 raw, >= 10 torch)"],
             read_rates(src, args.batches),

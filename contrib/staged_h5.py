@@ -17,9 +17,11 @@ Two layouts, both read:
   measuring reads only the datasets' shapes.
 
 The length table gets ``key`` = depth, ``length`` = total steps over all
-stages and ``offset`` = the sample's index; :meth:`StagedH5Source.stage_steps`
-gives the steps of every stage. :class:`StagedSamples` reads and collates a
-batch (:func:`laden.collate.collate_staged`), the samples of a
+stages, ``stage_length`` = the steps of each stage (``[N, most stages]``, 0
+past a sample's last) and ``offset`` = the sample's index;
+:meth:`StagedH5Source.stage_steps` gives the steps of every stage as CSR.
+:class:`StagedSamples` reads and collates a batch
+(:func:`laden.collate.collate_staged`), the samples of a
 :class:`laden.torch.PlanDataset`.
 """
 
@@ -263,6 +265,16 @@ def _read_group_index(path: str, h5: Any) -> _Index:
     )
 
 
+def _stage_matrix(steps: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``[samples, most stages]`` steps per stage, 0 past a sample's last stage."""
+    counts = np.diff(offsets)
+    width = int(counts.max(initial=1))
+    out = np.zeros((counts.size, width), dtype=np.int64)
+    rank = np.arange(steps.size, dtype=np.int64) - np.repeat(offsets[:-1], counts)
+    out[np.repeat(np.arange(counts.size), counts), rank] = steps
+    return out
+
+
 @attrs.frozen(kw_only=True)
 class StagedH5Source:
     """Staged samples in an HDF5 file written by :func:`write_staged_h5` (either layout).
@@ -302,6 +314,7 @@ class StagedH5Source:
             length=measure.length,
             key=measure.key,
             offset=measure.offset,
+            stage_length=measure.stage_length,
             meta={"dataset": os.path.abspath(self.path), "source": {"name": self.name}},
         )
 
@@ -317,12 +330,14 @@ class StagedH5Source:
         if start != 0:
             n = 0
             length = key = np.zeros(0, dtype=np.int64)
+            stages = np.zeros((0, 1), dtype=np.int64)
         else:
             index = self.index()
             counts = np.diff(index.stage_offsets)
             n = counts.size
             totals = offsets_from_sizes(index.stage_steps)[index.stage_offsets]
             length, key = np.diff(totals), counts - 1
+            stages = _stage_matrix(index.stage_steps, index.stage_offsets)
         return ChunkMeasure(
             start=start,
             lines=n,
@@ -334,6 +349,7 @@ class StagedH5Source:
             has_id=np.zeros(n, dtype=bool),
             errors=[],
             blank=0,
+            stage_length=stages,
         )
 
     def read_at(self, offsets: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:

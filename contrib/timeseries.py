@@ -1056,7 +1056,11 @@ def _window_view(
     values: np.ndarray, cols: slice | np.ndarray, length: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``[rows - length + 1, length, C]`` over ``values`` without a copy (rows overlap in
-    memory), plus the columns still to pick when they are not consecutive."""
+    memory), plus the columns still to pick when they are not consecutive.
+
+    (A ``[rows - length + 1, length * C]`` view of whole windows, one row each,
+    gathers 15% slower: numpy copies a long row less well than ``[length, C]``.)
+    """
     base = values[:, cols] if isinstance(cols, slice) else values
     rows, width = base.shape
     view = np.lib.stride_tricks.as_strided(

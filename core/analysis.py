@@ -29,9 +29,11 @@ __all__ = [
     "analyze_report",
     "ascii_counts",
     "ascii_histogram",
+    "batch_bytes_report",
     "batch_metrics",
     "bucket_report",
     "compare_batching",
+    "depth_report",
     "length_stats",
     "over_budget_line",
     "over_budget_report",
@@ -342,6 +344,50 @@ def over_budget_line(report: dict[str, Any]) -> str:
     return head + effect.get(report["overflow"], "stops with an error")
 
 
+def depth_report(table: LengthTable, plan: EpochPlan) -> dict[str, Any]:
+    """Per depth (the table's ``key``) of a plan over staged samples: samples, batches,
+    dropped, and padded efficiency per stage (real steps over the steps its batches
+    allocate, each stage padded to its in-batch longest, as staged collation does).
+
+    A table without ``stage_length`` counts one stage of ``length``; a batch of one
+    sample over the budget (bucket ``-1``) counts under its sample's depth.
+    """
+    staged = table.stage_length is not None
+    stages = table.stage_length if table.stage_length is not None else table.length[:, None]
+    depth = table.key if table.key is not None else np.zeros(len(table), dtype=np.int64)
+    sizes = np.diff(plan.offsets)
+    width = stages.shape[1]
+    real = padded = np.zeros((0, width), dtype=np.int64)
+    batch_depth = np.zeros(0, dtype=np.int64)
+    if sizes.size:
+        rows, firsts = stages[plan.order], plan.offsets[:-1]
+        real = np.add.reduceat(rows, firsts, axis=0)
+        padded = np.maximum.reduceat(rows, firsts, axis=0) * sizes[:, None]
+        batch_depth = depth[plan.order[firsts]]
+    depths: dict[str, Any] = {}
+    for value in np.unique(depth).tolist():
+        mine = batch_depth == value
+        count = min(value + 1, width) if staged else 1
+        used, alloc = real[mine].sum(axis=0)[:count], padded[mine].sum(axis=0)[:count]
+        depths[str(value)] = {
+            "samples": int((depth == value).sum()),
+            "batches": int(mine.sum()),
+            "dropped": int((depth[plan.dropped] == value).sum()),
+            "efficiency": float(used.sum() / alloc.sum()) if alloc.sum() else None,
+            "stage_efficiency": [
+                float(u / a) if a else None
+                for u, a in zip(used.tolist(), alloc.tolist(), strict=True)
+            ],
+        }
+    total = int(padded.sum())
+    return {
+        "batches": int(sizes.size),
+        "padded_tokens": total,
+        "efficiency": float(real.sum() / total) if total else None,
+        "depths": depths,
+    }
+
+
 def ascii_counts(counts: dict[int, int], *, width: int = 40, bars: int = 12) -> list[str]:
     """A bar per key of ``counts`` (e.g. rows per segment count), scaled to ``width``.
 
@@ -366,6 +412,33 @@ def ascii_counts(counts: dict[int, int], *, width: int = 40, bars: int = 12) -> 
         f"{label:>{pad}} {value:>9,} {'#' * max(round(width * value / top), 1) if value else ''}"
         for label, value in zip(labels, sums.tolist(), strict=True)
     ]
+
+
+def batch_bytes_report(
+    plan: EpochPlan, table: LengthTable, model: Any, *, pack: PackPlan | None = None
+) -> dict[str, Any]:
+    """Collated bytes per batch of ``plan`` (min, median, mean, max, total) under ``model``.
+
+    :param model: a :class:`~laden.memory.BatchBytes` (how the collation counts).
+    :param pack: the pack plan, when ``plan``'s units are its packs.
+    """
+    from laden.memory import collated_bytes
+
+    lengths = pack.pack_lengths if pack is not None else table.length
+    segments = np.diff(pack.offsets) if pack is not None else None
+    key = table.key if pack is None else None
+    stages = getattr(table, "stage_length", None) if pack is None else None
+    per = collated_bytes(plan, lengths, model, key=key, stage_length=stages, segments=segments)
+    out: dict[str, Any] = {"layout": model.layout, "batches": int(per.size)}
+    if per.size:
+        out.update(
+            min=int(per.min()),
+            median=float(np.median(per)),
+            mean=round(float(per.mean()), 1),
+            max=int(per.max()),
+            total=int(per.sum()),
+        )
+    return out
 
 
 # ------------------------------------------------------------- comparisons

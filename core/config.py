@@ -47,6 +47,8 @@ class RunConfig:
     strategies: Mapping[str, Any] = attrs.field(factory=dict)
     seed: int = 0
     epochs: int = 1
+    #: ``[memory_budget]``: a cap on each batch's collated bytes (:mod:`laden.memory`).
+    memory_budget: Any = None
     source_file: str | None = None
 
     def get(self, kind: str) -> Any:
@@ -63,6 +65,8 @@ class RunConfig:
         """Plain data that :meth:`from_mapping` turns back into an equal config."""
         out: dict[str, Any] = {"seed": self.seed, "epochs": self.epochs}
         out.update({kind: config_of(s) for kind, s in sorted(self.strategies.items())})
+        if self.memory_budget is not None:
+            out["memory_budget"] = attrs.asdict(self.memory_budget)
         return out
 
     @classmethod
@@ -88,6 +92,14 @@ class RunConfig:
                 except ConfigError as exc:
                     problems = getattr(exc, "problems", None) or [exc]
                     raise combine_problems([p.within(source=source) for p in problems]) from None
+            elif key == "memory_budget":
+                from laden.memory import MemoryBudget
+
+                try:
+                    settings[key] = MemoryBudget.from_mapping(value)
+                except ConfigError as exc:
+                    problems = getattr(exc, "problems", None) or [exc]
+                    raise combine_problems([p.within(source=source) for p in problems]) from None
             elif key in SETTINGS:
                 want = SETTINGS[key]
                 if isinstance(value, bool) or not isinstance(value, want):
@@ -96,7 +108,7 @@ class RunConfig:
                     )
                 settings[key] = value
             else:
-                names = [*KINDS, *SETTINGS]
+                names = [*KINDS, *SETTINGS, "memory_budget"]
                 close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(

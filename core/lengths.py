@@ -7,6 +7,7 @@ A length cache is a directory::
     length.zst       int64 token counts (zstd)
     offset.zst       int64 byte offsets into the dataset
     key.zst          int64 bucket keys (optional)
+    stage_length.zst int64 [samples, stages] steps per stage (optional; staged samples)
     ids.zst          int64 ids, or ids_blob.zst + ids_offsets.zst for string ids
 
 It is written atomically: a crash leaves the previous cache (or none). Only a
@@ -96,6 +97,8 @@ def save_lengths(
         columns["offset"] = table.offset
     if table.key is not None:
         columns["key"] = table.key
+    if table.stage_length is not None:
+        columns["stage_length"] = table.stage_length
     if table.ids is not None:
         columns.update(_encode_ids(table.ids))
     with atomic_directory(target, kind=KIND, force=overwrite) as tmp:
@@ -136,6 +139,7 @@ def load_lengths(directory: str | os.PathLike[str]) -> LengthTable:
         key=arrays.get("key"),
         ids=ids,
         meta=meta,
+        stage_length=arrays.get("stage_length"),
     )
     if table.digest() != meta.get("table_digest"):
         raise DataError("columns do not match the recorded digest", file=str(root / "meta.json"))
@@ -215,6 +219,8 @@ def _save_chunk(workdir: Path, start: int, end: int, part: ChunkMeasure) -> None
     arrays["error_blob"], arrays["error_offsets"] = _pack_strings([r for _, r in part.errors])
     if part.key is not None:
         arrays["key"] = np.asarray(part.key, dtype=np.int64)
+    if part.stage_length is not None:
+        arrays["stage_length"] = np.asarray(part.stage_length, dtype=np.int64)
     if part.ids is not None:
         # 0: no id, 1: an integer (of any size), 2: a string; kept as text, typed back.
         arrays["id_kind"] = np.asarray(
@@ -262,6 +268,7 @@ def _load_chunk(workdir: Path, start: int, end: int) -> ChunkMeasure | None:
             has_id=a["has_id"].astype(bool),
             errors=list(zip(a["error_line"].tolist(), reasons, strict=True)),
             blank=blank,
+            stage_length=a.get("stage_length"),
         )
     except Exception:  # damaged or from another laden: measure it again
         path.unlink(missing_ok=True)
@@ -580,7 +587,26 @@ def _assemble(source: IndexedSource, parts: list[tuple[ChunkMeasure, int]]) -> L
             ids = np.asarray(values, dtype=np.int64)
         else:
             ids = np.asarray([str(v) for v in values])
-    return LengthTable(length=length, offset=offset, key=key, ids=ids)
+    return LengthTable(
+        length=length, offset=offset, key=key, ids=ids, stage_length=_stages(parts, length.size)
+    )
+
+
+def _stages(parts: list[tuple[ChunkMeasure, int]], n: int) -> np.ndarray | None:
+    """The parts' ``[rows, stages]`` columns side by side, zero-filled to the widest."""
+    if not any(p.stage_length is not None for p, _ in parts):
+        return None
+    width = max(p.stage_length.shape[1] for p, _ in parts if p.stage_length is not None)
+    out = np.zeros((n, width), dtype=np.int64)
+    row = 0
+    for p, _ in parts:
+        rows = p.length.size
+        if p.stage_length is not None:
+            out[row : row + rows, : p.stage_length.shape[1]] = p.stage_length
+        else:  # a part without stages: one stage of its whole length
+            out[row : row + rows, 0] = p.length
+        row += rows
+    return out
 
 
 def _first_line(parts: list[tuple[Any, int]], bad: Any) -> int:

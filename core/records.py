@@ -49,6 +49,28 @@ def _int_column(name: str, values: Any, size: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
+def _stage_column(values: Any, length: np.ndarray) -> np.ndarray:
+    """``[n, stages]`` non-negative integers whose rows sum to ``length``."""
+    array = np.asarray(values)
+    if array.ndim != 2 or array.shape[0] != length.size:
+        raise ConfigError(
+            f"must be [{length.size}, stages], got shape {array.shape}", path=("stage_length",)
+        )
+    if array.size and array.dtype.kind not in "iu":
+        raise ConfigError(f"must hold integers, got dtype {array.dtype}", path=("stage_length",))
+    array = np.ascontiguousarray(array, dtype=np.int64)
+    if array.size and int(array.min()) < 0:
+        raise ConfigError("must be >= 0 for every stage", path=("stage_length",))
+    wrong = np.flatnonzero(array.sum(axis=1) != length)
+    if wrong.size:
+        i = int(wrong[0])
+        raise ConfigError(
+            f"sample {i}: its stages sum to {int(array[i].sum())}, its length is {int(length[i])}",
+            path=("stage_length",),
+        )
+    return array
+
+
 def offsets_from_sizes(sizes: Any) -> np.ndarray:
     """CSR offsets (``n + 1``, starting at 0) of rows of the given sizes."""
     sizes = np.asarray(sizes, dtype=np.int64)
@@ -110,6 +132,9 @@ class LengthTable:
     :param offset: optional byte offset of each sample in its source file.
     :param ids: optional sample ids (integers or strings); default: the row index.
     :param meta: provenance: dataset digest, tokenizer hash, counts.
+    :param stage_length: optional ``[n, stages]`` steps of each stage of a staged
+        sample (0 past its last stage); each row sums to ``length``. Samplers
+        that pad each stage apart (``depth_buckets``) cost batches by it.
     """
 
     length: np.ndarray = attrs.field(converter=_length_column)
@@ -117,6 +142,7 @@ class LengthTable:
     offset: np.ndarray | None = None
     ids: np.ndarray | None = None
     meta: Mapping[str, Any] = attrs.field(factory=dict)
+    stage_length: np.ndarray | None = None
 
     def __attrs_post_init__(self) -> None:
         n = self.length.size
@@ -133,6 +159,8 @@ class LengthTable:
             if ids.shape != (n,):
                 raise ConfigError(f"has shape {ids.shape}, expected ({n},)", path=("ids",))
             object.__setattr__(self, "ids", ids)
+        if self.stage_length is not None:
+            object.__setattr__(self, "stage_length", _stage_column(self.stage_length, self.length))
 
     @classmethod
     def from_lengths(
@@ -155,7 +183,8 @@ class LengthTable:
 
     def digest(self) -> str:
         """A digest of the columns (not ``meta``): equal tables give equal digests."""
-        return array_digest(self.length, self.key, self.offset, self.ids)
+        extra = () if self.stage_length is None else (self.stage_length,)
+        return array_digest(self.length, self.key, self.offset, self.ids, *extra)
 
     def select(self, indices: np.ndarray) -> LengthTable:
         """The rows at ``indices``, in that order."""
@@ -166,6 +195,7 @@ class LengthTable:
             offset=None if self.offset is None else self.offset[pick],
             ids=None if self.ids is None else self.ids[pick],
             meta=dict(self.meta),
+            stage_length=None if self.stage_length is None else self.stage_length[pick],
         )
 
     def __repr__(self) -> str:
@@ -191,6 +221,7 @@ class ChunkMeasure:
     has_id: np.ndarray  # bool per kept row
     errors: list[tuple[int, str]]  # (line within the range, reason) per malformed row
     blank: int  # blank lines in the range
+    stage_length: np.ndarray | None = None  # [rows, stages] of staged samples, or None
 
 
 @attrs.frozen(kw_only=True, eq=False)

@@ -10,20 +10,25 @@
   ``StatefulDataLoader`` (a :class:`~laden.stateful.Stateful`; its state is
   its :class:`~laden.plan.PlanCursor`'s): a run stopped after ``k`` steps and
   restarted in a new process yields exactly the batches an uninterrupted run
-  would.
+  would. With ``memory_limit``, a batch is handed out as micro-batches while
+  the process's resident memory is over the limit (:mod:`laden.memory`); the
+  state records a step's split until its last micro-batch, so a resume
+  finishes it the same way.
 
 Importing this module does not import torch; building a loader does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from laden.collate import BatchLayout
-from laden.errors import MissingDependencyError
+from laden.errors import DataError, MissingDependencyError
+from laden.memory import MemoryMonitor, micro_bounds
 from laden.plan import BatchPlan
 
 __all__ = ["PlanBatch", "PlanBatchSampler", "PlanDataset", "PlanLoader"]
@@ -40,13 +45,22 @@ class PlanBatch(list[int]):
     step: int
     max_length: int
     padding: bool
+    #: Which micro-batch of its step this is, of how many (0 of 1: the whole batch).
+    micro_batch: int
+    micro_batches: int
 
 
 def _make_batch(
-    indices: list[int], epoch: int, step: int, max_length: int, padding: bool
+    indices: list[int],
+    epoch: int,
+    step: int,
+    max_length: int,
+    padding: bool,
+    micro: tuple[int, int] = (0, 1),
 ) -> PlanBatch:
     batch = PlanBatch(indices)
     batch.epoch, batch.step, batch.max_length, batch.padding = epoch, step, max_length, padding
+    batch.micro_batch, batch.micro_batches = micro
     return batch
 
 
@@ -57,6 +71,10 @@ class PlanBatchSampler:
     an already sharded plan must match ``rank`` and ``world_size``. Use as
     ``DataLoader(dataset, batch_sampler=sampler)``; call :meth:`set_epoch`
     before each epoch, as with ``DistributedSampler``.
+
+    :param monitor: a :class:`~laden.memory.MemoryMonitor`: each step is asked
+        whether to go out as micro-batches (near-equal consecutive runs of the
+        batch) when it is issued.
     """
 
     def __init__(
@@ -67,6 +85,7 @@ class PlanBatchSampler:
         epoch: int = 0,
         *,
         remainder: str = "pad",
+        monitor: MemoryMonitor | None = None,
     ) -> None:
         if plan.world_size == 1 and world_size > 1:
             plan = plan.shard(rank, world_size, remainder=remainder)
@@ -75,18 +94,25 @@ class PlanBatchSampler:
                 f"the plan is rank {plan.rank} of {plan.world_size}, not {rank} of {world_size}"
             )
         self.plan = plan
+        self.monitor = monitor
         self.epoch = 0
         self.start = 0
+        #: ``(done, parts)``: step ``start`` goes on from micro-batch ``done`` of ``parts``.
+        self.start_micro: tuple[int, int] | None = None
+        #: When a loader sets it: ``(epoch, step, micro_batch, micro_batches)`` of each
+        #: batch issued, in order; the loader pops them as it hands the batches out.
+        self.issued: deque[tuple[int, int, int, int]] | None = None
         self.set_epoch(epoch)
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Iterate epoch ``epoch`` next, from step ``start``."""
+    def set_epoch(self, epoch: int, start: int = 0, micro: tuple[int, int] | None = None) -> None:
+        """Iterate epoch ``epoch`` next, from step ``start`` (from micro-batch ``micro[0]`` of
+        ``micro[1]`` of it, when given)."""
         if not 0 <= epoch < self.plan.num_epochs:
             raise ValueError(f"epoch {epoch} out of range for {self.plan.num_epochs} epochs")
         steps = len(self.plan.epochs[epoch])
         if not 0 <= start <= steps:
             raise ValueError(f"step {start} out of range for {steps} steps")
-        self.epoch, self.start = epoch, start
+        self.epoch, self.start, self.start_micro = epoch, start, micro
 
     def __len__(self) -> int:
         return len(self.plan.epochs[self.epoch]) - self.start
@@ -95,20 +121,75 @@ class PlanBatchSampler:
         plan = self.plan.epochs[self.epoch]
         order, offsets = plan.order, plan.offsets.tolist()
         max_length, padding = plan.max_length.tolist(), self.plan.padding[self.epoch].tolist()
-        epoch = self.epoch
+        epoch, monitor, issued = self.epoch, self.monitor, self.issued
         for step in range(self.start, len(plan)):
-            yield _make_batch(
-                order[offsets[step] : offsets[step + 1]].tolist(),
-                epoch,
-                step,
-                max_length[step],
-                padding[step],
-            )
+            indices = order[offsets[step] : offsets[step + 1]].tolist()
+            first, parts = 0, 1
+            if step == self.start and self.start_micro is not None:
+                first, parts = self.start_micro
+            elif monitor is not None:
+                parts = monitor.split(len(indices))
+            if parts == 1:
+                if issued is not None:
+                    issued.append((epoch, step, 0, 1))
+                yield _make_batch(indices, epoch, step, max_length[step], padding[step])
+                continue
+            bounds = micro_bounds(len(indices), parts)
+            for i in range(first, parts):
+                if issued is not None:
+                    issued.append((epoch, step, i, parts))
+                yield _make_batch(
+                    indices[bounds[i] : bounds[i + 1]],
+                    epoch,
+                    step,
+                    max_length[step],
+                    padding[step],
+                    (i, parts),
+                )
 
 
 def _passthrough(batch: Any) -> Any:
     """The DataLoader's ``collate_fn``: the dataset already collated the batch."""
     return batch
+
+
+#: A CPU tensor up to this size crosses from a worker as pickled bytes; a larger one
+#: through torch's shared memory. torch gives every tensor its own shared-memory
+#: segment and file descriptor, which costs more than copying a small tensor: a
+#: staged batch of ~17 small tensors went 7x slower with 2 workers than with none.
+PICKLE_BYTES = 1 << 20
+
+
+def _rebuild(batch: dict[str, Any], as_tensor: tuple[str, ...]) -> dict[str, Any]:
+    import torch
+
+    for key in as_tensor:
+        batch[key] = torch.from_numpy(batch[key])
+    return batch
+
+
+class _WorkerBatch(dict[str, Any]):
+    """A collated batch leaving a worker: small CPU tensors travel as numpy bytes.
+
+    Unpickled in the main process as a plain ``dict`` of the same tensors.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        import torch
+
+        batch: dict[str, Any] = dict(self)
+        moved = []
+        for key, value in self.items():
+            if (
+                isinstance(value, torch.Tensor)
+                and value.device.type == "cpu"
+                and value.dtype != torch.bfloat16  # numpy has none
+                and not value.requires_grad
+                and value.nbytes <= PICKLE_BYTES
+            ):
+                batch[key] = value.numpy()
+                moved.append(key)
+        return _rebuild, (batch, tuple(moved))
 
 
 class PlanDataset:
@@ -170,7 +251,9 @@ class PlanDataset:
         batch["epoch"] = getattr(indices, "epoch", None)
         batch["step"] = getattr(indices, "step", None)
         batch["padding"] = bool(getattr(indices, "padding", False))
-        return batch
+        from torch.utils.data import get_worker_info
+
+        return _WorkerBatch(batch) if get_worker_info() is not None else batch
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.__getitems__([int(index)])
@@ -187,6 +270,13 @@ class PlanLoader:
         host memory first when it is CUDA and ``pin_memory`` is set).
     :param multiprocessing_context: ``spawn`` by default (safe with threads).
     :param kernel: announce every batch through ``laden_batch_produced``.
+    :param memory_limit: resident memory (bytes, or ``"25%"`` of physical
+        memory) over which a step goes out as micro-batches (``memory_parts``
+        of them, near-equal); such a batch carries ``micro_batch`` (0, 1, ...)
+        and ``micro_batches``. Memory is read as a step is issued, which with
+        workers is up to their prefetch ahead of the step handed out.
+    :param memory_probe: what reads the resident memory (default: this
+        process's, :func:`laden.memory.process_rss`).
     """
 
     def __init__(
@@ -205,12 +295,21 @@ class PlanLoader:
         multiprocessing_context: str | None = "spawn",
         persistent_workers: bool = False,
         kernel: Any = None,
+        memory_limit: int | str | Mapping[str, Any] | None = None,
+        memory_parts: int = 2,
+        memory_probe: Callable[[], int] | None = None,
     ) -> None:
         try:
             import torch  # noqa: F401
         except ImportError as exc:
             raise MissingDependencyError("loader", "PlanLoader", ["torch"], "torch") from exc
-        self.sampler = PlanBatchSampler(plan, rank, world_size, epoch, remainder=remainder)
+        monitor = None
+        if memory_limit is not None:
+            probe = {"probe": memory_probe} if memory_probe is not None else {}
+            monitor = MemoryMonitor(limit=memory_limit, parts=memory_parts, **probe)
+        self.sampler = PlanBatchSampler(
+            plan, rank, world_size, epoch, remainder=remainder, monitor=monitor
+        )
         self.plan = self.sampler.plan
         self.dataset = dataset
         self.device = device
@@ -233,6 +332,10 @@ class PlanLoader:
         #: The position a :meth:`load_state_dict` restored, until iteration or
         #: :meth:`set_epoch` takes it up (so the two compose).
         self._resumed: tuple[int, int] | None = None
+        #: ``(done, parts)`` while the step at the cursor is handed out in parts.
+        self._micro: tuple[int, int] | None = None
+        #: ``[epoch, step, parts]`` of every step handed out in micro-batches.
+        self.split_steps: list[list[int]] = []
 
     @property
     def epoch(self) -> int:
@@ -250,11 +353,12 @@ class PlanLoader:
         ``start`` says where to begin.
         """
         resumed, self._resumed = self._resumed, None
+        micro = None
         if start is None and resumed is not None:
             r_epoch, r_step = resumed
             finished = r_step == len(self.plan.epochs[r_epoch])
             if epoch == r_epoch:
-                start = r_step
+                start, micro = r_step, self._micro
             elif not (finished and epoch == r_epoch + 1):
                 self._resumed = resumed  # still pending: a corrected call may follow
                 raise ValueError(
@@ -264,7 +368,8 @@ class PlanLoader:
                     + f"; call set_epoch({r_epoch if not finished else r_epoch + 1}) to continue "
                     f"there, or set_epoch({epoch}, start=0) to start epoch {epoch} deliberately"
                 )
-        self.sampler.set_epoch(epoch, 0 if start is None else start)
+        self.sampler.set_epoch(epoch, 0 if start is None else start, micro)
+        self._micro = micro
         self.cursor.seek(epoch, self.sampler.start)
 
     def __len__(self) -> int:
@@ -280,30 +385,76 @@ class PlanLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self._resumed = None
         self.cursor.seek(self.sampler.epoch, self.sampler.start)
+        self._micro = self.sampler.start_micro
+        issued: deque[tuple[int, int, int, int]] = deque()
+        self.sampler.issued = issued
         for batch in self._dataloader():
             if self.device is not None:
                 batch = {
                     key: value.to(self.device, non_blocking=True) if hasattr(value, "to") else value
                     for key, value in batch.items()
                 }
-            self.cursor.advance()
+            # The DataLoader hands batches out in the order the sampler issued them.
+            epoch, step, micro, parts = issued.popleft()
+            if parts > 1:
+                batch = {**batch, "micro_batch": micro, "micro_batches": parts}
+            if micro + 1 < parts:
+                self._micro = (micro + 1, parts)
+            else:
+                self._micro = None
+                if parts > 1:
+                    self.split_steps.append([epoch, step, parts])
+                self.cursor.advance()
             if self.kernel is not None:
                 self.kernel.hook.laden_batch_produced(
                     batch=batch, epoch=self.epoch, step=batch["step"], kernel=self.kernel
                 )
             yield batch
-        self.sampler.start = 0  # the next iteration is a fresh pass
+        self.sampler.start, self.sampler.start_micro = 0, None  # the next iteration: a fresh pass
 
     def state_dict(self) -> dict[str, Any]:
-        """Where this rank stands: its plan cursor's state (fingerprint, shard, epoch, step)."""
-        return self.cursor.state_dict()
+        """Where this rank stands: its plan cursor's state (fingerprint, shard, epoch, step),
+        the micro-batches of that step already handed out (``micro_batch`` of
+        ``micro_batches``; 0 of 1 when it is not split) and the steps split so far."""
+        done, parts = self._micro or (0, 1)
+        return {
+            **self.cursor.state_dict(),
+            "micro_batch": done,
+            "micro_batches": parts,
+            "split_steps": [list(s) for s in self.split_steps],
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue after the last batch a saved state had consumed (refusing another plan's)."""
+        """Continue after the last batch a saved state had consumed (refusing another plan's).
+
+        A step the state left part-way through goes on with its remaining
+        micro-batches, split as before, whatever the memory is now.
+        """
         self.cursor.load_state_dict(state)
+        micro = _micro_of(state)
         epoch, step = self.cursor.position
+        steps = len(self.plan.epochs[epoch]) if epoch < self.plan.num_epochs else 0
+        if micro is not None and step >= steps:
+            raise DataError(
+                f"the state is part-way through step {step} of epoch {epoch}, which has "
+                f"{steps} steps"
+            )
         if epoch == self.plan.num_epochs:  # the end of the plan: the end of its last epoch
             epoch, step = epoch - 1, len(self.plan.epochs[epoch - 1])
             self.cursor.seek(epoch, step)
-        self.sampler.set_epoch(epoch, step)
+        self.sampler.set_epoch(epoch, step, micro)
+        self._micro = micro
+        self.split_steps = [list(s) for s in state.get("split_steps") or ()]
         self._resumed = (epoch, step)
+
+
+def _micro_of(state: Mapping[str, Any]) -> tuple[int, int] | None:
+    """``(done, parts)`` of a state part-way through a split step, else None (checked)."""
+    done, parts = state.get("micro_batch", 0), state.get("micro_batches", 1)
+    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (done, parts))
+    if not ok or parts < 1 or not 0 <= done < parts:
+        raise DataError(
+            f"the state's micro_batch {done!r} of micro_batches {parts!r} does not fit: "
+            "expected 0 <= micro_batch < micro_batches"
+        )
+    return (done, parts) if done > 0 else None

@@ -73,6 +73,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         assert result.exit_code == 0, result.output
     save_lengths(laden.LengthTable.from_lengths(np.zeros(0, dtype=np.int64)), root / "nolens")
     (root / "bad.yaml").write_text("seed: 1\nsampler: [\n")
+    budget = "sampler:\n  name: token_budget\n  token_budget: 1024\nmemory_budget:\n"
+    (root / "budget.yaml").write_text(budget + "  percent: 150\n")
+    (root / "tiny.yaml").write_text(budget + "  bytes: 10\n")
     (root / "notes.txt").write_text("hello world\nthis is not json\n")
     (root / "empty.jsonl").write_text("")
     (root / "blank.jsonl").write_text("\n  \n\n")
@@ -87,6 +90,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "rollouts": str(root / "rollouts"),
         "nolens": str(root / "nolens"),
         "bad": str(root / "bad.yaml"),
+        "budget": str(root / "budget.yaml"),
+        "tiny": str(root / "tiny.yaml"),
         "notes": str(root / "notes.txt"),
         "empty": str(root / "empty.jsonl"),
         "blank": str(root / "blank.jsonl"),
@@ -352,6 +357,19 @@ MISTAKES: list[tuple[str, list[str], tuple[int, ...], str]] = [
         (1, 2),
         'executor.chunksize: must be "auto" or an integer >= 1, got 0',
     ),
+    (
+        "memory-budget-percent",
+        ["plan", "build", "{lens}", "--config", "{budget}", "-o", "{tmp}/mb"],
+        (2,),
+        "budget.yaml: memory_budget.percent: must be in (0, 100], got 150",
+    ),
+    (
+        "memory-budget-under-one-sample",
+        ["plan", "build", "{lens}", "--config", "{tiny}", "-o", "{tmp}/mb2"],
+        (1,),
+        "alone collates to",
+    ),
+    ("analyze-unknown-backend", ["analyze", "{lens}", "--backend", "nope"], (2,), "'nope'"),
     (
         "executor-option-no-value",
         ["lengths", "build", "{data}", "-o", "{tmp}/l3", "-E", "chunksize"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from hypothesis.extra.numpy import arrays
 
 import laden
 from laden.collate import StagedBatch, collate_staged
-from laden.contrib.depth_buckets import DepthBucketSampler
+from laden.contrib.depth_buckets import DepthBucketSampler, cut_padded, padded_tokens
 from laden.errors import ConfigError, DataError
 from laden.plan import BatchPlan
 from laden.testing import check_sampler
@@ -137,6 +138,90 @@ def test_batches_never_mix_depths(
     assert plan.digest() == again.digest()  # deterministic per (seed, epoch)
 
 
+@st.composite
+def _staged_tables(draw: Any) -> laden.LengthTable:
+    """Depths 0-3 with per-stage steps 0-90: a table with ``stage_length``."""
+    n = draw(st.integers(0, 150))
+    depth = np.asarray(draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), dtype=np.int64)
+    steps = draw(arrays(np.int64, (n, 4), elements=st.integers(0, 90)))
+    steps[np.arange(4) > depth[:, None]] = 0  # nothing past a sample's last stage
+    return laden.LengthTable(length=steps.sum(axis=1), key=depth, stage_length=steps)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    table=_staged_tables(),
+    budget=st.integers(60, 1500),
+    overflow=st.sampled_from(["drop", "alone"]),
+    max_batch_size=st.sampled_from([None, 7]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_token_budget_counts_padded_steps_over_all_stages(
+    table: laden.LengthTable, budget: int, overflow: str, max_batch_size: int | None, seed: int
+) -> None:
+    sampler = DepthBucketSampler(
+        token_budget=budget, overflow=overflow, max_batch_size=max_batch_size
+    )
+    plan = sampler.plan_epoch(table, epoch=3, seed=seed)
+    stages, depth = table.stage_length, table.key
+    assert stages is not None
+    assert depth is not None
+    seen = np.sort(np.concatenate([plan.order, plan.dropped]))
+    assert np.array_equal(seen, np.arange(len(table)))  # every sample exactly once
+    over = table.length > budget
+    assert plan.report["alone"] + plan.report["dropped"]["overflow"] == int(over.sum())
+    padded = padded_tokens(stages[plan.order], plan.offsets)
+    for b, spec in enumerate(plan):
+        rows = stages[spec.indices]
+        # What staged collation allocates: size x the sum of every stage's in-batch max.
+        assert padded[b] == len(spec.indices) * int(rows.max(axis=0).sum())
+        if spec.bucket == -1:  # a sample over the budget, alone and counted
+            assert len(spec.indices) == 1
+            assert over[spec.indices[0]]
+            continue
+        assert padded[b] <= budget
+        assert np.unique(depth[spec.indices]).size == 1
+        assert max_batch_size is None or len(spec.indices) <= max_batch_size
+    assert np.array_equal(plan.dropped, np.flatnonzero(over) if overflow == "drop" else [])
+    assert plan.digest() == sampler.plan_epoch(table, epoch=3, seed=seed).digest()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    stages=arrays(
+        np.int64, st.tuples(st.integers(0, 60), st.integers(1, 4)), elements=st.integers(0, 50)
+    ),
+    budget=st.integers(50, 800),
+    cuts=st.lists(st.integers(0, 60), max_size=4),
+)
+def test_cut_padded_is_the_greedy_cut(stages: np.ndarray, budget: int, cuts: list[int]) -> None:
+    """Every batch fits, and the next sample of its segment would not (one at least)."""
+    n = stages.shape[0]
+    bounds = np.unique(np.clip([0, *cuts, n], 0, n))
+    starts = cut_padded(stages, bounds, budget)
+    ends = np.append(starts[1:], n)[: starts.size]
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        cost = (b - a) * int(stages[a:b].max(axis=0).sum())
+        assert b > a
+        assert cost <= budget or b - a == 1
+        segment_end = int(bounds[np.searchsorted(bounds, a, side="right")])
+        if b < segment_end:  # one more would break the budget
+            assert (b - a + 1) * int(stages[a : b + 1].max(axis=0).sum()) > budget
+    assert set(bounds[:-1].tolist()) <= set(starts.tolist())  # never across a segment
+
+
+def test_huge_depth_keys_plan_like_small_ones() -> None:
+    """Keys too wide for the one-key sort take the lexsort path: the same batches."""
+    rng = np.random.default_rng(1)
+    depth, lengths = rng.integers(0, 3, 500), rng.integers(1, 100, 500)
+    sampler = DepthBucketSampler(token_budget=400, pool_size=50)
+    small = sampler.plan_epoch(laden.LengthTable.from_lengths(lengths, key=depth), seed=3)
+    huge = laden.LengthTable.from_lengths(lengths, key=depth * 10**15)
+    wide = sampler.plan_epoch(huge, seed=3)
+    assert np.array_equal(small.order, wide.order)
+    assert np.array_equal(small.offsets, wide.offsets)
+
+
 def test_shuffled_within_buckets_and_across_batches() -> None:
     depths = np.repeat(np.arange(4), 100)
     t = laden.LengthTable.from_lengths(np.full(400, 30), key=depths)
@@ -200,7 +285,58 @@ def test_build_lengths_caches_a_staged_file(staged: dict[str, Any], tmp_path: Pa
         executor=kernel.create("executor", {"name": "local", "workers": 0}),
     )
     assert table.digest() == staged["table"].digest()
-    assert load_lengths(tmp_path / "lengths").key.tolist() == staged["table"].key.tolist()
+    loaded = load_lengths(tmp_path / "lengths")
+    assert loaded.key.tolist() == staged["table"].key.tolist()
+    assert loaded.stage_length is not None
+    want = [[len(a) for a in s["actions"]] for s in staged["samples"]]
+    assert [
+        row[: len(w)].tolist() for row, w in zip(loaded.stage_length, want, strict=True)
+    ] == want
+    assert loaded.stage_length.sum(axis=1).tolist() == loaded.length.tolist()
+
+
+def test_cli_builds_staged_lengths_and_analyze_shows_depths(
+    staged: dict[str, Any], tmp_path: Path
+) -> None:
+    from laden.lengths import load_lengths
+    from laden.testing import run_cli
+
+    kernel = laden.Kernel()
+    out = tmp_path / "lens"
+    args = ["lengths", "build", staged["path"], "--source", "staged_h5", "-o", str(out)]
+    result = run_cli(kernel, *args, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["samples"] == len(staged["samples"])
+    table = load_lengths(out)
+    assert table.digest() == staged["table"].digest()
+    result = run_cli(kernel, "analyze", str(out), "--token-budget", "900", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)["depth_buckets"]
+    plan = DepthBucketSampler(token_budget=900).plan_epoch(table, seed=0)
+    assert report["batches"] == len(plan)
+    depth, stages = table.key, table.stage_length
+    for value, row in report["depths"].items():
+        d = int(value)
+        assert row["samples"] == int((depth == d).sum())
+        assert row["batches"] == int((plan.bucket == d).sum())
+        assert len(row["stage_efficiency"]) == d + 1
+        # stage 0's efficiency: its real steps over its batches' padded stage-0 steps
+        mine = [spec.indices for spec in plan if spec.bucket == d]
+        padded = sum(len(ix) * int(stages[ix, 0].max()) for ix in mine)
+        assert row["stage_efficiency"][0] == pytest.approx(stages[depth == d, 0].sum() / padded)
+    result = run_cli(kernel, "analyze", str(out), "--token-budget", "900")
+    assert result.exit_code == 0, result.output
+    assert "depth buckets (depth_buckets, token_budget 900, padded per stage)" in result.output
+    text = tmp_path / "data.jsonl"
+    text.write_text('{"text": "a"}\n')
+    bad = ["lengths", "build", str(text), "--source", "staged_h5", "-o", str(tmp_path / "x")]
+    result = run_cli(kernel, *bad)
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: {text}: cannot open as HDF5 (Unable to synchronously open file "
+        "(file signature not found))"
+    )
+    assert not list(tmp_path.glob("*x*"))  # no cache, no partial work left
 
 
 def test_collation_pads_each_stage_to_its_own_max(staged: dict[str, Any]) -> None:
@@ -330,6 +466,40 @@ def test_plan_loader_with_two_workers(staged: dict[str, Any]) -> None:
         assert b["num_stages"] == depths[0] + 1
         assert isinstance(b["stage0_states"], torch.Tensor)
         assert b["stage0_states"].dtype == torch.float32
+    # The same tensors as in one process, whichever way they crossed from the workers.
+    here = list(PlanLoader(plan, dataset, num_workers=0, epoch=1))
+    for got, want in zip(batches, here, strict=True):
+        assert got.keys() == want.keys()
+        assert type(got) is dict
+        for key, value in want.items():
+            if isinstance(value, torch.Tensor):
+                assert got[key].dtype == value.dtype
+                assert torch.equal(got[key], value), key
+            else:
+                assert got[key] == value
+
+
+def test_a_worker_batch_crosses_as_bytes_up_to_a_size() -> None:
+    """Small CPU tensors leave a worker pickled; a large one through torch's shared memory."""
+    torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+    from multiprocessing.reduction import ForkingPickler
+
+    from laden.torch import PICKLE_BYTES, _WorkerBatch
+
+    small = torch.arange(12, dtype=torch.int64).reshape(3, 4)
+    large = torch.ones(PICKLE_BYTES // 4 + 1, dtype=torch.float32)
+    half = torch.ones(4, dtype=torch.bfloat16)  # numpy has no bfloat16: stays a tensor
+    batch = _WorkerBatch(small=small, large=large, half=half, step=3, mask=small > 4)
+    back = pickle.loads(ForkingPickler.dumps(batch))
+    assert type(back) is dict
+    assert back["step"] == 3
+    for key in ("small", "large", "half", "mask"):
+        assert isinstance(back[key], torch.Tensor)
+        assert back[key].dtype == batch[key].dtype
+        assert torch.equal(back[key], batch[key])
+    assert back["small"].untyped_storage().data_ptr() != small.untyped_storage().data_ptr()
+    assert back["large"].is_shared()  # torch's transport: a shared-memory segment
+    assert not back["small"].is_shared()
 
 
 @pytest.mark.slow

@@ -275,6 +275,39 @@ def test_collation_equals_slicing(
     assert ("targets" in batch) == bool(horizon)
 
 
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.integers(1, 80),
+    width=st.integers(1, 5),
+    window=st.integers(1, 9),
+    horizon=st.integers(0, 3),
+    picks=st.integers(1, 16),
+)
+def test_whole_row_windows_equal_slicing(
+    tmp_path: Path, rows: int, width: int, window: int, horizon: int, picks: int
+) -> None:
+    """Every column an input (the contiguous path: a window is one block of the file)."""
+    rng = np.random.default_rng(rows * 31 + width)
+    data = rng.normal(size=(rows, width)).astype(np.float32)
+    path = tmp_path / f"w{rows}-{width}.npy"
+    np.save(path, data)
+    if window + horizon > rows:
+        return
+    src = TimeseriesSource(path=str(path), window=window, horizon=horizon)
+    table = src.lengths()
+    pick = rng.integers(0, len(table), picks)
+    batch = WindowDataset(src, table).collate(pick)
+    starts = table.offset[pick]  # type: ignore[index]
+    want = np.stack([data[s : s + window] for s in starts.tolist()])
+    assert batch["inputs"].shape == (picks, window, width)
+    assert np.array_equal(batch["inputs"], want)
+    if horizon:
+        targets = np.stack([data[s + window : s + window + horizon] for s in starts.tolist()])
+        assert np.array_equal(batch["targets"], targets)
+
+
 def test_the_source_keeps_the_source_contract(tmp_path: Path) -> None:
     np.save(tmp_path / "a.npy", np.arange(200, dtype=np.float32).reshape(100, 2))
     check_source(TimeseriesSource, path=str(tmp_path / "a.npy"), window=8, overlap=2, horizon=1)

@@ -13,7 +13,9 @@ from laden.analysis import (
     analyze_report,
     ascii_counts,
     ascii_histogram,
+    batch_bytes_report,
     compare_batching,
+    depth_report,
     length_stats,
     over_budget_line,
     over_budget_report,
@@ -93,7 +95,8 @@ def lengths_group() -> None:
     "source_name",
     default="jsonl",
     show_default=True,
-    help="Source name: jsonl, or one that measures itself (timeseries: -S window=48 ...).",
+    help="Source name: jsonl, another indexed source (staged_h5: an HDF5 file of staged "
+    "samples), or one that plans itself (timeseries: -S window=48 ...).",
 )
 @click.option(
     "-T",
@@ -146,7 +149,7 @@ def lengths_build(
     force: bool,
     as_json: bool,
 ) -> None:
-    """Measure every row of DATASET (JSON lines) with a tokenizer into a length cache.
+    """Measure every row of DATASET (JSON lines, or --source's file) into a length cache.
 
     OUTPUT must be new, empty or a length cache (replaced only with --force).
     """
@@ -167,11 +170,18 @@ def lengths_build(
                 param_hint="--source-option",
             )
     if source_name != "jsonl":
-        _build_self_measured(kernel, source_name, dataset, source_settings, output, force, as_json)
-        return
-    flags = {"on_error": on_error, "text_field": text_field}
-    source_settings.update({k: v for k, v in flags.items() if v is not None})
-    source = _create(kernel, "source", {"name": "jsonl", "path": dataset, **source_settings}, "-S")
+        source = _create(
+            kernel, "source", {"name": source_name, "path": dataset, **source_settings}, "-S"
+        )
+        if not callable(getattr(source, "measure", None)):  # e.g. timeseries: its windows
+            _build_self_measured(source, source_name, output, force, as_json)
+            return
+    else:
+        flags = {"on_error": on_error, "text_field": text_field}
+        source_settings.update({k: v for k, v in flags.items() if v is not None})
+        source = _create(
+            kernel, "source", {"name": "jsonl", "path": dataset, **source_settings}, "-S"
+        )
     executor = executor_of(kernel, executor_name, workers, executor_options)
     started = time.perf_counter()
     table = build_lengths(
@@ -206,20 +216,12 @@ def lengths_build(
         click.echo(f"skipped {summary['skipped']:,} malformed line(s): {lines}")
 
 
-def _build_self_measured(
-    kernel: Kernel,
-    name: str,
-    dataset: str,
-    settings: dict[str, Any],
-    output: str,
-    force: bool,
-    as_json: bool,
-) -> None:
+def _build_self_measured(source: Any, name: str, output: str, force: bool, as_json: bool) -> None:
     """A source that makes its own length table (``lengths()``, e.g. ``timeseries`` windows)."""
-    source = _create(kernel, "source", {"name": name, "path": dataset, **settings}, "-S")
     if not callable(getattr(source, "lengths", None)):
         raise click.BadParameter(
-            f"source {name!r} is read by offsets: build its lengths without --source",
+            f"source {name!r} cannot be measured: it has neither measure() (read by "
+            "offsets) nor lengths()",
             param_hint="--source",
         )
     started = time.perf_counter()
@@ -300,6 +302,19 @@ def lengths_stats(directory: str, as_json: bool, plot: str | None, force: bool) 
     show_default=True,
     help="The packer strategy used with --pack-length.",
 )
+@click.option(
+    "--backend",
+    "backend_name",
+    default=None,
+    help="Count collated bytes per batch as this backend collates (default: int64 token "
+    "columns, an upper bound; windows count their own arrays).",
+)
+@click.option(
+    "--step-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Staged samples: bytes of all fields of one step (counts bytes per batch as staged).",
+)
 def analyze_command(
     directory: str,
     bucket_edges: str | None,
@@ -311,8 +326,10 @@ def analyze_command(
     force: bool,
     pack_length: int | None,
     packer: str,
+    backend_name: str | None,
+    step_bytes: int | None,
 ) -> None:
-    """Bucket efficiency, recommendations and batch metrics for a length cache."""
+    """Bucket efficiency, recommendations, batch metrics and bytes per batch of a length cache."""
     if plot:
         prepare_output_file(plot, force=force, option="--plot")
     if token_budget <= 0:
@@ -349,6 +366,14 @@ def analyze_command(
     result = analyze_report(table, sampler, comparison)
     if table.meta.get("windows"):
         result["windows"] = table.meta["windows"]
+    if table.stage_length is not None:  # staged samples: their depth_buckets plan, padded
+        keep = {"alone": "alone", "truncate": "alone", "drop": "drop"}.get(overflow, "error")
+        staged = {"name": "depth_buckets", "token_budget": token_budget, "overflow": keep}
+        depth_plan = kernel.create("sampler", staged).plan_epoch(table, seed=seed)
+        result["depth_buckets"] = depth_report(table, depth_plan)
+    # Bytes per batch of the plan shown: depth buckets for staged samples, else token_budget.
+    shown = depth_plan if "depth_buckets" in result else comparison.budget
+    result["batch_bytes"] = _batch_bytes(kernel, table, shown, backend_name, step_bytes)
     if plot:
         plot_histogram(table.length, plot, edges=edges, title=f"{directory}: lengths and edges")
         result["plot"] = plot
@@ -362,6 +387,21 @@ def analyze_command(
             f"{w['horizon']}) over {w['series']:,} series, {w['rows']:,} rows; "
             f"{w['series_without_windows']:,} series too short"
         )
+    if "depth_buckets" in result:
+        d = result["depth_buckets"]
+        click.echo(
+            f"depth buckets (depth_buckets, token_budget {token_budget}, padded per stage): "
+            f"{d['batches']:,} batches, efficiency {d['efficiency'] or 0:.4f}"
+        )
+        click.echo("depth   samples  batches  dropped  efficiency  per stage")
+        for depth, row in d["depths"].items():
+            per_stage = " ".join("-" if e is None else f"{e:.3f}" for e in row["stage_efficiency"])
+            eff = "-" if row["efficiency"] is None else f"{row['efficiency']:.4f}"
+            click.echo(
+                f"{depth:>5}  {row['samples']:>8,}  {row['batches']:>7,}  {row['dropped']:>7,}"
+                f"  {eff:>10}  {per_stage}"
+            )
+        click.echo("")
     click.echo("bucket  range            samples    share  eff@edge  eff@max")
     for row in result["buckets"]:
         lo, hi = row["range"]
@@ -380,6 +420,14 @@ def analyze_command(
         f"{metrics['repeat_rate']:.1%} of epoch 1's batches repeat one of epoch 0"
     )
     click.echo(over_budget_line(result["over_budget"]))
+    sizes = result["batch_bytes"]
+    if sizes is None:
+        click.echo("collated bytes per batch: pass --step-bytes (staged samples)")
+    elif sizes["batches"]:
+        click.echo(
+            f"collated bytes per batch ({sizes['layout']}): min {sizes['min']:,}, median "
+            f"{sizes['median']:,.0f}, max {sizes['max']:,}"
+        )
     baseline = result["random_fixed_plan"]
     click.echo(
         f"random fixed batches of {comparison.fixed_batch_size}: efficiency "
@@ -407,6 +455,23 @@ def analyze_command(
         click.echo(f"  - {line}")
     if plot:
         click.echo(f"plot: {plot}")
+
+
+def _batch_bytes(
+    kernel: Kernel, table: Any, plan: Any, backend_name: str | None, step_bytes: int | None
+) -> dict[str, Any] | None:
+    """Bytes per batch of the simulated plan, counted as ``--backend`` or ``--step-bytes`` say
+    (None for staged samples without ``--step-bytes``: their bytes depend on their fields)."""
+    from laden.memory import MemoryBudget, model_for
+
+    if getattr(table, "stage_length", None) is not None and step_bytes is None:
+        return None
+    backend = (
+        _create(kernel, "backend", {"name": backend_name}, "--backend") if backend_name else None
+    )
+    layout = "staged" if step_bytes is not None else "auto"
+    budget = MemoryBudget(bytes=1, layout=layout, step_bytes=step_bytes)
+    return batch_bytes_report(plan, table, model_for(budget, table, backend))
 
 
 @click.command("suggest")

@@ -273,6 +273,20 @@ def report_lines(info: dict[str, Any]) -> list[str]:
             f"over budget: {_per_epoch(info['over_budget_batches'])} batches per epoch hold one "
             "sample longer than the budget"
         )
+    memory = info.get("memory_budget")
+    if memory:
+        how = (
+            f" ({memory['percent']}% of {memory['available']:,} bytes available at plan time)"
+            if memory.get("percent") is not None
+            else ""
+        )
+        lines.append(
+            f"memory budget: {memory['bytes']:,} collated bytes per batch{how}; per epoch "
+            f"{_per_epoch(memory['split_batches'])} batches split "
+            f"({_per_epoch(memory['extra_batches'])} batches more), "
+            f"{_per_epoch(memory['oversize_units'])} samples over it alone "
+            f"(oversize {memory['oversize']!r})"
+        )
     report = info.get("shard_report") or {}
     if info.get("world_size", 1) > 1 and report:
         if report.get("remainder") == "drop":

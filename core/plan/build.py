@@ -13,7 +13,7 @@ iteration stands, resumable at any ``(epoch, step)``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from laden.serde import config_of
 if TYPE_CHECKING:
     from laden.config import RunConfig
     from laden.kernel import Kernel
+    from laden.memory import MemoryBudget
     from laden.plan.cursor import PlanCursor
     from laden.plan.verify import PlanCheck
 
@@ -95,16 +96,29 @@ class BatchPlan:
         epochs: int = 1,
         seed: int = 0,
         kernel: Kernel | None = None,
+        memory_budget: MemoryBudget | Mapping[str, Any] | None = None,
+        backend: Any = None,
     ) -> BatchPlan:
         """Plan ``epochs`` epochs of ``table`` with ``sampler`` (over packs when ``packer``).
 
         Announced through ``laden_plan_built`` on ``kernel`` when one is given.
+
+        :param memory_budget: cap every batch's collated bytes: a
+            :class:`~laden.memory.MemoryBudget` (resolved here, once, and
+            recorded in the config) or a recorded one (``plan.config["memory_budget"]``).
+            Batches over it are split (:func:`~laden.memory.cap_epoch`).
+        :param backend: the backend whose collation the budget counts (default:
+            int64 token columns, an upper bound of every ``laden``-profile backend).
         """
         if epochs < 1:
             raise ConfigError(f"must be >= 1, got {epochs}", path=("epochs",))
         pack = packer.pack(table) if packer is not None else None
         units = pack.to_length_table() if pack is not None else table
         plans = tuple(_plan_epochs(sampler, units, epochs, seed))
+        budget = None
+        if memory_budget is not None:
+            budget = _cap_plans(memory_budget, backend, table, units, pack)
+            plans = tuple(budget[1](p) for p in plans)
         batch_tokens = tuple(_batch_tokens(p, units.length) for p in plans)
         # What each epoch leaves out or cuts, counted in samples and tokens, goes into the
         # epoch's report (saved with the plan, outside the fingerprint).
@@ -118,6 +132,7 @@ class BatchPlan:
                 "packer": config_of(packer) if packer is not None else None,
                 "seed": seed,
                 "epochs": epochs,
+                **({"memory_budget": budget[0]} if budget is not None else {}),
             },
             table_digest=table.digest(),
             num_samples=len(table),
@@ -149,6 +164,8 @@ class BatchPlan:
             epochs=config.epochs,
             seed=config.seed,
             kernel=kernel,
+            memory_budget=config.memory_budget,
+            backend=config.backend,
         )
 
     # ------------------------------------------------------------ properties
@@ -222,10 +239,30 @@ class BatchPlan:
                 )
         return out
 
+    def memory(self) -> dict[str, Any] | None:
+        """The memory budget as recorded (cap, how it was reached) and, per epoch, the
+        batches it split and the parts they became; None without a budget."""
+        recorded = self.config.get("memory_budget")
+        if not recorded:
+            return None
+        per_epoch = [e.report.get("memory") or {} for e in self.epochs]
+        return {
+            "bytes": recorded["bytes"],
+            "percent": recorded.get("percent"),
+            "available": recorded.get("available"),
+            "oversize": recorded.get("oversize"),
+            "layout": (recorded.get("model") or {}).get("layout"),
+            **{
+                key: [m.get(key) for m in per_epoch]
+                for key in ("split_batches", "extra_batches", "oversize_units")
+            },
+        }
+
     def summary(self) -> dict[str, Any]:
         """Plain data for ``laden plan info``: counts, what was dropped or cut, warnings."""
         return {
             **self.losses(),
+            "memory_budget": self.memory(),
             "warnings": self.warnings(),
             "fingerprint": self.fingerprint,
             "epochs": self.num_epochs,
@@ -448,6 +485,43 @@ def _losses_without_table(plan: EpochPlan, pack: PackPlan | None) -> dict[str, i
         "truncated_samples": None,
         "truncated_tokens": None,
     }
+
+
+def _cap_plans(
+    memory_budget: MemoryBudget | Mapping[str, Any],
+    backend: Any,
+    table: LengthTable,
+    units: LengthTable,
+    pack: PackPlan | None,
+) -> tuple[dict[str, Any], Callable[[EpochPlan], EpochPlan]]:
+    """The recorded budget and what splits an epoch's batches under it."""
+    from laden.memory import MemoryBudget, cap_epoch, resolve_budget
+
+    if isinstance(memory_budget, MemoryBudget):
+        recorded = resolve_budget(memory_budget, table, backend)
+    else:
+        recorded = dict(memory_budget)
+    segments = np.diff(pack.offsets) if pack is not None else None
+
+    def member(unit: int) -> str:
+        if pack is not None:
+            inside = pack.order[pack.offsets[unit] : pack.offsets[unit + 1]].tolist()
+            return f"pack {unit} (samples {inside[:8]}{'...' if len(inside) > 8 else ''})"
+        named = f" (id {table.ids[unit].item()!r})" if table.ids is not None else ""
+        return f"sample {unit}{named}"
+
+    def cap(plan: EpochPlan) -> EpochPlan:
+        return cap_epoch(
+            plan,
+            recorded,
+            units.length,
+            key=units.key,
+            stage_length=getattr(units, "stage_length", None),
+            segments=segments,
+            members=member,
+        )
+
+    return recorded, cap
 
 
 def _plan_epochs(sampler: Any, units: LengthTable, epochs: int, seed: int) -> Iterator[EpochPlan]:

@@ -54,6 +54,7 @@ def verify_plan(plan: BatchPlan, table: LengthTable, *, kernel: Kernel | None = 
         packer,
         epochs=int(plan.config["epochs"]),
         seed=int(plan.config["seed"]),
+        memory_budget=plan.config.get("memory_budget"),  # as recorded: memory is not read again
     )
     if plan.world_size > 1:
         rebuilt = rebuilt.shard(
