@@ -1,25 +1,38 @@
 """``laden.hf.pack_dataset`` beside TRL's ``pack_dataset`` on 1M rows (extra ``datasets``).
 
-Both pack the ``input_ids`` of a ``datasets.Dataset`` (lengths of
-PEERS.md's recipe, a few over-long rows added so truncation shows) into rows
-of ``max_length``. Printed: time (median of 3), rows out, efficiency and tokens
-lost, plus the ``hf_dataset`` source reading the lengths of a saved dataset.
-Run: ``python benchmarks/bench_hf.py [rows] [max_length]``.
+Both pack the ``input_ids`` (``list<int32>``, as a tokenized ``datasets``
+column) of one in-memory ``datasets.Dataset`` (lengths of PEERS.md's recipe,
+0.1% of rows over-long so truncation shows) into rows of ``max_length``.
+laden and TRL ``bfd`` run in turns, ``rounds`` times (default 3), so the load
+of the machine falls on both alike (laden also with ``num_threads=1``, as
+TRL runs in one thread); TRL ``bfd_split`` runs once. Printed per
+packer: the median wall time and CPU time (user + system of this process,
+less sensitive to other processes), its first call, the ratios to laden's
+medians with ``num_threads=1``, rows out, efficiency, tokens lost; then whether the schemas agree
+where they overlap, and ``/proc/loadavg`` before and after. Last, the
+``hf_dataset`` source reading the lengths of the saved dataset.
+Run: ``python benchmarks/bench_hf.py [rows] [max_length] [rounds]``.
 """
 
 from __future__ import annotations
 
+import gc
+import os
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from benchmarks.common import median_time, peer_lengths, print_table
 
 
-def make_dataset(n: int, max_length: int) -> object:
+def make_dataset(n: int, max_length: int) -> tuple[Any, int]:
     import datasets
 
     lengths = peer_lengths(n)
@@ -31,55 +44,113 @@ def make_dataset(n: int, max_length: int) -> object:
     return datasets.Dataset(pa.table({"input_ids": column})), int(lengths.sum())
 
 
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """``(wall s, CPU s, result)`` of one call."""
+    gc.collect()
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def kept_tokens(packed: Any) -> int:
+    return int(pc.sum(pc.list_value_length(packed.data.column("input_ids"))).as_py())
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     max_length = int(sys.argv[2]) if len(sys.argv) > 2 else 4096
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    import datasets
+
     from laden.hf import pack_dataset
 
-    dataset, tokens = make_dataset(n, max_length)
-    rows = []
-    report: dict[str, object] = {}
-    seconds, out = median_time(lambda: pack_dataset(dataset, max_length, report=report))
-    laden_time = seconds
-    rows.append(
-        [
-            "laden.hf.pack_dataset bfd",
-            f"{seconds:.2f}",
-            "1.0x",
-            len(out),
-            f"{report['efficiency']:.4f}",
-            f"{tokens - int(report['tokens_out']):,}",
-        ]
-    )
+    datasets.disable_progress_bars()
     try:
-        import datasets
         from trl import pack_dataset as trl_pack
     except ImportError:
+        trl_pack = None
         print("(trl is not installed: pip install trl to compare)")
-    else:
-        datasets.disable_progress_bars()
-        for strategy in ("bfd", "bfd_split"):
-            # one run each: TRL is slow
-            start = time.perf_counter()
-            packed = trl_pack(dataset, max_length, strategy)
-            seconds = time.perf_counter() - start
-            kept = int(
-                pa.compute.sum(
-                    pa.compute.list_value_length(packed.data.column("input_ids"))
-                ).as_py()
-            )
-            rows.append(
-                [
-                    f"TRL pack_dataset {strategy}",
-                    f"{seconds:.2f}",
-                    f"{seconds / laden_time:.1f}x",
-                    len(packed),
-                    f"{kept / (len(packed) * max_length):.4f}",
-                    f"{tokens - kept:,}",
-                ]
-            )
-    print(f"{n:,} rows, {tokens:,} tokens, max_length {max_length}")
-    print_table(["packer", "seconds", "vs laden", "rows", "efficiency", "tokens lost"], rows)
+    dataset, tokens = make_dataset(n, max_length)
+    load_before = loadavg()
+    runs: dict[str, list[tuple[float, float]]] = {}
+    shape: dict[str, tuple[int, int, Any]] = {}
+    report: dict[str, Any] = {}
+
+    def run(name: str, fn: Callable[[], Any]) -> None:
+        wall, cpu, packed = timed(fn)
+        runs.setdefault(name, []).append((wall, cpu))
+        shape[name] = (len(packed), kept_tokens(packed), packed.features)
+        del packed
+
+    candidates: list[tuple[str, Callable[[], Any]]] = [
+        ("laden.hf.pack_dataset bfd", lambda: pack_dataset(dataset, max_length, report=report)),
+        (
+            "laden.hf.pack_dataset bfd, 1 thread",
+            lambda: pack_dataset(dataset, max_length, num_threads=1),
+        ),
+    ]
+    if trl_pack is not None:
+        candidates.append(("TRL pack_dataset bfd", lambda: trl_pack(dataset, max_length, "bfd")))
+    for _ in range(rounds):  # in turns, so the machine's load falls on both alike
+        for name, fn in candidates:
+            run(name, fn)
+    if trl_pack is not None:  # once: TRL is slow
+        run("TRL pack_dataset bfd_split", lambda: trl_pack(dataset, max_length, "bfd_split"))
+
+    laden_name = candidates[1][0]  # the conservative reference: one thread, as TRL
+    laden_wall = statistics.median(w for w, _ in runs[laden_name])
+    laden_cpu = statistics.median(c for _, c in runs[laden_name])
+    rows = []
+    for name, times in runs.items():
+        wall = statistics.median(w for w, _ in times)
+        cpu = statistics.median(c for _, c in times)
+        out_rows, kept, _ = shape[name]
+        rows.append(
+            [
+                name,
+                len(times),
+                f"{wall:.2f}",
+                f"{cpu:.2f}",
+                f"{times[0][0]:.2f}",
+                f"{wall / laden_wall:.1f}x",
+                f"{cpu / laden_cpu:.1f}x",
+                f"{out_rows:,}",
+                f"{kept / (out_rows * max_length):.4f}",
+                f"{tokens - kept:,}",
+            ]
+        )
+    print(f"{n:,} rows, {tokens:,} tokens, max_length {max_length}, {os.cpu_count()} CPUs")
+    print_table(
+        [
+            "packer",
+            "runs",
+            "wall s",
+            "cpu s",
+            "first wall s",
+            "wall / laden 1 thread",
+            "cpu / laden 1 thread",
+            "rows",
+            "efficiency",
+            "tokens lost",
+        ],
+        rows,
+    )
+    print(f"load average: {load_before} before, {loadavg()} after")
+    if trl_pack is not None:
+        ours, theirs = shape[candidates[0][0]][2], shape["TRL pack_dataset bfd"][2]
+        same = all(ours[k] == theirs[k] for k in theirs)
+        print(
+            f"schema: TRL {dict(theirs)}; laden adds "
+            f"{sorted(set(ours) - set(theirs))}; equal where they overlap: {same}"
+        )
 
     from laden.plugins.sources.hf_dataset import HFDatasetSource
 

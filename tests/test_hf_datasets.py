@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 
 import numpy as np
@@ -98,6 +99,8 @@ def test_bad_columns_are_named() -> None:
     ragged = datasets.Dataset.from_dict({"input_ids": [[1, 2], [3]], "labels": [[1, 2], [3, 4]]})
     with pytest.raises(ValueError, match="'labels' has another length than 'input_ids' in row 1"):
         pack_dataset(ragged, 4)
+    with pytest.raises(ValueError, match="num_threads must be a positive integer or None"):
+        pack_dataset(ds, 4, columns=("input_ids",), num_threads=0)
     nulls = pa.table({"input_ids": pa.array([[1, 2], None, [3]], type=pa.list_(pa.int32()))})
     with pytest.raises(DataError, match="row 1 is null"):
         pack_table(nulls, 4)
@@ -153,6 +156,139 @@ def test_trl_bfd_truncates_where_laden_splits() -> None:
     assert sum(len(r) for r in ours["input_ids"]) == 57
     assert report["split_samples"] == 1
     assert report["tokens_lost"] == 0
+
+
+def rows_of(table: object) -> dict[str, list[object]]:
+    return {name: table.column(name).to_pylist() for name in table.column_names}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lengths=st.lists(st.integers(0, 40), min_size=1, max_size=30),
+    max_length=st.integers(1, 24),
+    strategy=st.sampled_from(["bfd", "wrapped"]),
+    cuts=st.lists(st.integers(0, 30), max_size=4),
+    skip=st.integers(0, 3),
+    block=st.integers(1, 50),
+    large=st.booleans(),
+    threads=st.sampled_from([1, 2, 5]),
+)
+def test_chunked_sliced_and_blocked_tables_pack_like_one_chunk(
+    lengths: list[int],
+    max_length: int,
+    strategy: str,
+    cuts: list[int],
+    skip: int,
+    block: int,
+    large: bool,
+    threads: int,
+) -> None:
+    """Chunks, a slice, small blocks and output chunks, int64 views, threads: the same rows."""
+    import laden.hf as hf
+
+    base = make_dataset(lengths, mask=True).data.table
+    if large:
+        base = base.cast(
+            pa.schema(
+                [
+                    pa.field("input_ids", pa.large_list(pa.int64())),
+                    pa.field("attention_mask", pa.large_list(pa.int8())),
+                ]
+            )
+        )
+    skip = min(skip, len(lengths) - 1)
+    plain = base.slice(skip).combine_chunks()
+    bounds = sorted({min(c, plain.num_rows) for c in cuts} | {0, plain.num_rows})
+    # a slice of a table whose chunks are themselves slices of their record batches
+    chunked = pa.concat_tables(
+        [base.slice(0, skip)]
+        + [plain.slice(a, b - a) for a, b in itertools.pairwise(bounds) if b > a]
+    ).slice(skip)
+    want, report = pack_table(plain, max_length, strategy=strategy)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hf, "POSITION_BLOCK_TOKENS", block)
+        # small Arrow chunks, or one chunk per thread
+        mp.setattr(hf, "ARROW_CHUNK_TOKENS", block if block < 25 else 2**30)
+        mp.setattr(hf, "PARALLEL_CHUNK_TOKENS", 1)
+        mp.setattr(hf, "INT32_VIEW_TOKENS", 0)
+        got, again = pack_table(chunked, max_length, strategy=strategy, num_threads=threads)
+    assert got.schema == want.schema
+    assert rows_of(got) == rows_of(want)
+    assert again == report
+    check_packed(datasets.Dataset(got), [0] * skip + lengths[skip:], max_length)
+    if large:
+        assert got.schema.field("input_ids").type == pa.large_list(pa.int64())
+
+
+def test_schema_keeps_the_token_types() -> None:
+    table = pa.table(
+        {
+            "input_ids": pa.array([[1, 2, 3], [4]], type=pa.list_(pa.int32())),
+            "attention_mask": pa.array([[1, 1, 0], [1]], type=pa.list_(pa.int8())),
+            "labels": pa.array([[-100, 2, 3], [4]], type=pa.list_(pa.int64())),
+        }
+    )
+    packed = pack_dataset(datasets.Dataset(table), 8)
+    assert dict(packed.features) == {
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "attention_mask": datasets.List(datasets.Value("int8")),
+        "labels": datasets.List(datasets.Value("int64")),
+        "seq_lengths": datasets.List(datasets.Value("int32")),
+        "position_ids": datasets.List(datasets.Value("int32")),
+    }
+    assert packed[0] == {
+        "input_ids": [1, 2, 3, 4],
+        "attention_mask": [1, 1, 0, 1],
+        "labels": [-100, 2, 3, 4],
+        "seq_lengths": [3, 1],
+        "position_ids": [0, 1, 2, 0],
+    }
+
+
+def test_position_ids_and_seq_lengths_of_the_input_are_made_anew() -> None:
+    ds = make_dataset([5, 2, 3]).add_column("position_ids", [[9] * 5, [9] * 2, [9] * 3])
+    packed = pack_dataset(ds, 4)
+    assert packed.column_names == ["input_ids", "seq_lengths", "position_ids"]
+    check_packed(packed, [5, 2, 3], 4)
+    with pytest.raises(ValueError, match="'position_ids' is made by packing"):
+        pack_dataset(ds, 4, columns=("input_ids", "position_ids"))
+    kept = pack_dataset(ds, 4, columns=("input_ids", "position_ids"), position_ids=False)
+    assert kept.column_names == ["input_ids", "position_ids", "seq_lengths"]
+    assert sorted(t for row in kept["position_ids"] for t in row) == [9] * 10
+
+
+@pytest.mark.skipif(not HAS_TRL, reason="needs trl to compare with")
+@pytest.mark.parametrize(
+    "id_type", [pa.list_(pa.int32()), pa.list_(pa.int64()), pa.large_list(pa.int32())]
+)
+def test_schema_equals_trls_where_they_overlap(id_type: object) -> None:
+    from trl import pack_dataset as trl_pack
+
+    datasets.disable_progress_bars()
+    lengths = [5, 2, 3, 1, 9, 4, 7]
+    large = pa.types.is_large_list(id_type)
+    mask_type = pa.large_list(pa.int8()) if large else pa.list_(pa.int8())
+    table = pa.table(
+        {
+            "input_ids": pa.array(
+                [list(range(i * 100, i * 100 + n)) for i, n in enumerate(lengths)],
+                type=id_type,
+            ),
+            "attention_mask": pa.array([[1] * n for n in lengths], type=mask_type),
+        }
+    )
+    ds = datasets.Dataset(table)
+    theirs = trl_pack(ds, 10, "bfd")
+    ours = pack_dataset(ds, 10)
+    assert set(theirs.features) <= set(ours.features)
+    assert {k: ours.features[k] for k in theirs.features} == dict(theirs.features)
+    assert set(ours.features) - set(theirs.features) == {"position_ids"}
+    # all samples fit, so TRL loses nothing either: the same tokens in rows of the same lengths
+    assert sorted(map(len, ours["input_ids"])) == sorted(map(len, theirs["input_ids"]))
+    assert sorted(t for r in ours["input_ids"] for t in r) == sorted(
+        t for r in theirs["input_ids"] for t in r
+    )
+    assert ours.format["type"] == theirs.format["type"]
 
 
 # ------------------------------------------------------------------ source
