@@ -168,7 +168,7 @@ def test_local_sends_tiny_tasks_in_few_chunks(monkeypatch: pytest.MonkeyPatch) -
     original = ProcessPoolExecutor.submit
 
     def counting(self: ProcessPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        submitted.append(len(args[1]))
+        submitted.append(len(args[0]))  # submit(_run_shipped, chunk)
         return original(self, fn, *args, **kwargs)
 
     monkeypatch.setattr(ProcessPoolExecutor, "submit", counting)
@@ -191,6 +191,144 @@ def test_local_failure_in_a_chunk_keeps_the_results_before_it() -> None:
         got.extend(results)
     assert got == list(range(15))
     assert isinstance(caught.value.__cause__, RemoteTraceback)
+
+
+#: Pids of the processes that unpickled a :class:`CountsItsUnpickling` (one entry each time).
+UNPICKLED: list[int] = []
+
+
+def _rebuild_counter() -> CountsItsUnpickling:
+    UNPICKLED.append(os.getpid())
+    return CountsItsUnpickling()
+
+
+class CountsItsUnpickling:
+    """A mapped function that says how often its process unpickled one: a function
+    holding a tokenizer or a source pays that cost each time."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _rebuild_counter, ()
+
+    def __call__(self, i: int) -> tuple[int, int]:
+        return os.getpid(), len(UNPICKLED)
+
+
+def test_local_unpickles_the_function_once_per_worker_not_per_task() -> None:
+    results = list(LocalExecutor(workers=2, chunksize=1).map(CountsItsUnpickling(), range(40)))
+    assert {count for _, count in results} == {1}, results
+    assert 1 <= len({pid for pid, _ in results}) <= 2
+
+
+def blas_threads(_: int) -> dict[str, Any]:
+    """What this worker's BLAS was told: the variables, and OpenBLAS's own thread count."""
+    import ctypes
+
+    from laden.plugins.executors.local import THREAD_VARIABLES, _loaded_libraries
+
+    counts = []
+    for path in _loaded_libraries():
+        if "openblas" in os.path.basename(path):
+            library = ctypes.CDLL(path)
+            for name in ("openblas_get_num_threads", "scipy_openblas_get_num_threads64_"):
+                getter = getattr(library, name, None)
+                if getter is not None:
+                    counts.append(int(getter()))
+    return {"env": {k: os.environ.get(k) for k in THREAD_VARIABLES}, "openblas": counts}
+
+
+def _openblas_loaded_here() -> bool:
+    from laden.plugins.executors.local import _loaded_libraries
+
+    return any("openblas" in os.path.basename(p) for p in _loaded_libraries())
+
+
+def test_local_workers_keep_blas_to_one_thread_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from laden.plugins.executors.local import THREAD_VARIABLES
+
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    share = 1  # the worker count is the parallelism
+    results = list(LocalExecutor(workers=2, chunksize=1).map(blas_threads, range(4)))
+    for got in results:
+        assert got["env"] == dict.fromkeys(THREAD_VARIABLES, str(share))
+        if _openblas_loaded_here():  # numpy was loaded before the initializer: resized in place
+            assert got["openblas"], got
+            assert set(got["openblas"]) == {share}, got
+
+
+def test_local_workers_leave_a_thread_setting_the_user_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from laden.plugins.executors.local import THREAD_VARIABLES
+
+    for name in THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # laden would set 1
+    (got,) = LocalExecutor(workers=2).map(blas_threads, [0])
+    assert got["env"]["OPENBLAS_NUM_THREADS"] == "2"
+    assert got["env"]["OMP_NUM_THREADS"] is None
+    if _openblas_loaded_here():  # OpenBLAS keeps to the CPUs there are
+        assert got["openblas"] == [min(2, os.cpu_count() or 1)]
+
+
+def test_ray_tasks_fetch_the_function_once_per_worker_and_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from laden.plugins.executors import ray as ray_executor
+
+    fetched: list[Any] = []
+
+    class FakeRay:
+        @staticmethod
+        def get(ref: Any) -> Any:
+            fetched.append(ref)
+            return tiny if ref == "ref-1" else abs
+
+    monkeypatch.setitem(sys.modules, "ray", FakeRay)
+    monkeypatch.setattr(ray_executor, "_CACHED", [])
+    first = [ray_executor._run_cached("map-1", ["ref-1"], [i, i + 1]).results for i in range(5)]
+    assert first == [[i + 1, i + 2] for i in range(5)]
+    assert fetched == ["ref-1"]  # once, not per task
+    assert ray_executor._run_cached("map-2", ["ref-2"], [-3]).results == [3]
+    assert fetched == ["ref-1", "ref-2"]  # a new map fetches its own function
+
+
+class RecordingExecutor:
+    """Runs in this process and notes how many items each task held (sweep: points)."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def map(self, fn: Any, items: Any, **_: Any) -> Iterator[Any]:
+        for item in items:
+            self.sizes.append(len(item[1]))
+            yield fn(item)
+
+
+@pytest.mark.parametrize(("points", "most"), [(100, 2), (1000, 16), (20_000, 64)])
+def test_a_sweep_cuts_its_points_into_enough_tasks_to_spread(
+    tmp_path: Path, points: int, most: int
+) -> None:
+    from laden.sweep import parse_sweep, run_sweep
+    from tests import sweep_helpers
+
+    kernel = laden.Kernel(autoload=False)
+    kernel.register(sweep_helpers, "sweep_helpers")
+    spec = parse_sweep(
+        {
+            "sweep": {"points": [{"type": "instant", "parameters": {"i": list(range(points))}}]},
+            "output": {"writer": "npz", "points_per_file": 1000},
+        },
+        kernel=kernel,
+    )
+    recording = RecordingExecutor()
+    result = run_sweep(spec, kernel=kernel, output=tmp_path / "o", executor=recording)
+    assert result.ok == points
+    assert sum(recording.sizes) == points
+    assert max(recording.sizes) == most  # 100 points of 20 ms were 64 + 36 before
+    assert len(recording.sizes) >= points / most
 
 
 # ------------------------------------------------------------------ ray

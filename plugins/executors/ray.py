@@ -256,11 +256,14 @@ class RayExecutor:
     ) -> Iterator[R]:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         ahead = self.max_in_flight or IN_FLIGHT_PER_CPU * cpus
-        task = ray.remote(num_cpus=1)(run_chunk)
-        fn_ref = ray.put(fn)  # sent once, not with every chunk
+        task = ray.remote(num_cpus=1)(_run_cached)
+        # Stored once; the ref travels boxed in a list, so Ray does not fetch and
+        # unpickle the function for every task: each worker does it once (_run_cached).
+        fn_ref = ray.put(fn)
+        key = secrets.token_hex(8)
 
         def submit(chunk: list[T]) -> _Pending:
-            return _Pending(ray, task.remote(fn_ref, chunk))
+            return _Pending(ray, task.remote(key, [fn_ref], chunk))
 
         sizer = ChunkSizer(self.chunksize, workers=cpus, total=total)
         inputs = itertools.chain([first], iterator)
@@ -270,6 +273,20 @@ class RayExecutor:
             yield from unchunk(results, sizer, total=total, progress=progress)
         finally:
             chunks.close()  # cancels what has not finished
+
+
+#: The function of the map a Ray worker last served: (key, function).
+_CACHED: list[tuple[str, Any]] = []
+
+
+def _run_cached(key: str, box: list[Any], chunk: list[Any]) -> ChunkResult[Any]:
+    """A Ray task: run the map's function over ``chunk``, fetching the function (a
+    tokenizer or a source inside it is rebuilt when unpickled) once per worker and map."""
+    if not _CACHED or _CACHED[0][0] != key:
+        import ray
+
+        _CACHED[:] = [(key, ray.get(box[0]))]
+    return run_chunk(_CACHED[0][1], chunk)
 
 
 @contextmanager
