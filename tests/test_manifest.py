@@ -117,13 +117,30 @@ def test_a_directory_holding_other_things_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
 
 
-def test_force_clears_only_what_such_a_run_wrote(tmp_path: Path) -> None:
+def test_force_beside_a_stranger_removes_nothing(tmp_path: Path) -> None:
     finished(tmp_path / "out")
     (tmp_path / "out" / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
     manifest = run(tmp_path / "out", seed=7)
-    with manifest.locked(), pytest.raises(ConfigError, match="not empty"):
+    with (
+        manifest.locked(),
+        pytest.raises(ConfigError, match=r"holds files this run did not write \(notes.txt\)"),
+    ):
         manifest.open(force=True)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+    assert on_disk(tmp_path / "out")["seed"] == 0  # the run's own files are kept too
+
+
+def test_force_clears_the_items_and_the_files_the_run_writes(tmp_path: Path) -> None:
+    finished(tmp_path / "out")
+    (tmp_path / "out" / "index.json").write_text("{}")
+    (tmp_path / "out" / ".point-9.bin.tmp").write_text("torn")
+    manifest = run(tmp_path / "out", seed=7)
+    manifest.writes = lambda name: name == "index.json"
+    with manifest.locked():
+        manifest.open(force=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST]
+    assert on_disk(tmp_path / "out")["seed"] == 7
 
 
 def test_resume_keeps_ok_items_and_retries_failed_ones(tmp_path: Path) -> None:

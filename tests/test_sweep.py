@@ -392,6 +392,11 @@ def test_an_existing_output_needs_resume_or_force(tmp_path: Path, kernel: laden.
     result = run_cli(kernel, "sweep", path, "-o", tmp_path / "o", code=2)
     assert "--resume" in result.output
     run_cli(kernel, "sweep", path, "-o", tmp_path / "o", "--force", code=0)
+    (tmp_path / "o" / "notes.txt").write_text("mine")  # a stranger among the sweep's files
+    before = {p.name: p.read_bytes() for p in (tmp_path / "o").iterdir()}
+    result = run_cli(kernel, "sweep", path, "-o", tmp_path / "o", "--force", code=2)
+    assert "did not write (notes.txt)" in result.output
+    assert {p.name: p.read_bytes() for p in (tmp_path / "o").iterdir()} == before
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     result = run_cli(kernel, "sweep", path, "-o", tmp_path / "mine", "--force", code=2)

@@ -182,6 +182,10 @@ class RunManifest:
         stored as top-level keys.
     :param owns: whether a file name in ``directory`` is an item file of such a
         run (cleared by ``force``; a candidate for adoption after a crash).
+    :param writes: whether a file name in ``directory`` is another file the run
+        writes beside its items (an index, saved state): cleared by ``force``
+        too, never adopted. ``force`` refuses a directory holding any file
+        that is neither, before it removes anything.
     :param items: the key holding the items (``files`` for batch files).
     :param flush_seconds: the manifest is rewritten at most this often while
         items come in (and always at a stop).
@@ -197,6 +201,7 @@ class RunManifest:
         version: int,
         identity: Mapping[str, Any],
         owns: Callable[[str], bool],
+        writes: Callable[[str], bool] | None = None,
         items: str = "files",
         name: str = MANIFEST,
         lock: str = LOCK,
@@ -211,6 +216,7 @@ class RunManifest:
         self.version = version
         self.identity = dict(identity)
         self.owns = owns
+        self.writes = writes
         self.items_key = items
         self.path = self.directory / name
         self.lock = lock
@@ -283,6 +289,14 @@ class RunManifest:
             )
         if force and self.path.exists():
             self.load()  # only a directory such a run wrote
+            strangers = sorted(p.name for p in self.directory.iterdir() if not self._ours(p.name))
+            if strangers:  # refused before anything is removed
+                shown = ", ".join(strangers[:3]) + (", ..." if len(strangers) > 3 else "")
+                raise ConfigError(
+                    f"{self.directory} holds files this run did not write ({shown}); --force "
+                    "starts over only in a directory of this run's own files",
+                    path=(self.option,),
+                )
             self._clear()
         if self.path.exists():
             if not resume:
@@ -302,11 +316,15 @@ class RunManifest:
         self.flush()
         return self.kept
 
+    def _ours(self, name: str) -> bool:
+        """A name this run writes: the manifest, the lock, its items, or a temporary."""
+        temporary = name.startswith(".") and name.endswith(".tmp")
+        also = self.writes is not None and self.writes(name)
+        return name in (self.path.name, self.lock) or self.owns(name) or also or temporary
+
     def _clear(self) -> None:
         for path in self.directory.iterdir():
-            ours = path.name == self.path.name or self.owns(path.name)
-            temporary = path.name.startswith(".") and path.name.endswith(".tmp")
-            if (ours or temporary) and path.is_file():
+            if path.name != self.lock and self._ours(path.name) and path.is_file():
                 path.unlink(missing_ok=True)
 
     def _check_identity(self, previous: Mapping[str, Any]) -> None:
