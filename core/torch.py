@@ -158,6 +158,9 @@ def _passthrough(batch: Any) -> Any:
 #: segment and file descriptor, which costs more than copying a small tensor: a
 #: staged batch of ~17 small tensors went 7x slower with 2 workers than with none.
 PICKLE_BYTES = 1 << 20
+#: Split steps a loader's state lists at most (the latest; ``split_count`` counts them all),
+#: so a checkpoint does not grow with the run.
+SPLIT_HISTORY = 1024
 
 
 def _rebuild(batch: dict[str, Any], as_tensor: tuple[str, ...]) -> dict[str, Any]:
@@ -185,9 +188,13 @@ class _WorkerBatch(dict[str, Any]):
                 and value.device.type == "cpu"
                 and value.dtype != torch.bfloat16  # numpy has none
                 and not value.requires_grad
+                and value.layout == torch.strided
                 and value.nbytes <= PICKLE_BYTES
             ):
-                batch[key] = value.numpy()
+                try:  # float8, complex32, conj/neg views: torch's own path, as before
+                    batch[key] = value.numpy()
+                except (TypeError, RuntimeError):
+                    continue
                 moved.append(key)
         return _rebuild, (batch, tuple(moved))
 
@@ -334,8 +341,10 @@ class PlanLoader:
         self._resumed: tuple[int, int] | None = None
         #: ``(done, parts)`` while the step at the cursor is handed out in parts.
         self._micro: tuple[int, int] | None = None
-        #: ``[epoch, step, parts]`` of every step handed out in micro-batches.
+        #: ``[epoch, step, parts]`` of the last :data:`SPLIT_HISTORY` steps handed out in
+        #: micro-batches (a record; resume needs only the step in progress), and their count.
         self.split_steps: list[list[int]] = []
+        self.split_count = 0
 
     @property
     def epoch(self) -> int:
@@ -404,6 +413,8 @@ class PlanLoader:
                 self._micro = None
                 if parts > 1:
                     self.split_steps.append([epoch, step, parts])
+                    self.split_count += 1
+                    del self.split_steps[:-SPLIT_HISTORY]
                 self.cursor.advance()
             if self.kernel is not None:
                 self.kernel.hook.laden_batch_produced(
@@ -415,13 +426,15 @@ class PlanLoader:
     def state_dict(self) -> dict[str, Any]:
         """Where this rank stands: its plan cursor's state (fingerprint, shard, epoch, step),
         the micro-batches of that step already handed out (``micro_batch`` of
-        ``micro_batches``; 0 of 1 when it is not split) and the steps split so far."""
+        ``micro_batches``; 0 of 1 when it is not split), the latest steps split
+        (``split_steps``, at most :data:`SPLIT_HISTORY`) and how many were (``split_count``)."""
         done, parts = self._micro or (0, 1)
         return {
             **self.cursor.state_dict(),
             "micro_batch": done,
             "micro_batches": parts,
             "split_steps": [list(s) for s in self.split_steps],
+            "split_count": self.split_count,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -444,7 +457,8 @@ class PlanLoader:
             self.cursor.seek(epoch, step)
         self.sampler.set_epoch(epoch, step, micro)
         self._micro = micro
-        self.split_steps = [list(s) for s in state.get("split_steps") or ()]
+        self.split_steps = [list(s) for s in state.get("split_steps") or ()][-SPLIT_HISTORY:]
+        self.split_count = int(state.get("split_count", len(self.split_steps)))
         self._resumed = (epoch, step)
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import resource
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -457,15 +455,20 @@ def test_a_size_cap_in_a_real_process_is_one_error_line(files: dict[str, str]) -
     """A real write failure (RLIMIT_FSIZE: EFBIG) in a real process: no traceback."""
     out = Path(files["tmp"]) / "capped-lens"
 
-    def cap() -> None:  # pragma: no cover - runs in the child
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))
-
+    # The child caps itself before laden starts (no preexec_fn: that forks this process,
+    # which JAX, once imported by another test, warns about).
+    child = (
+        "import resource, runpy, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))\n"
+        "sys.argv = ['laden', *sys.argv[1:]]\n"
+        "runpy.run_module('laden', run_name='__main__', alter_sys=True)\n"
+    )
     proc = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "laden",
+            "-c",
+            child,
             "lengths",
             "build",
             files["data"],
@@ -478,7 +481,6 @@ def test_a_size_cap_in_a_real_process_is_one_error_line(files: dict[str, str]) -
         capture_output=True,
         text=True,
         timeout=120,
-        preexec_fn=cap,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
     assert proc.returncode == 1, proc.stderr

@@ -502,6 +502,30 @@ def test_a_worker_batch_crosses_as_bytes_up_to_a_size() -> None:
     assert not back["small"].is_shared()
 
 
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")  # torch's own, on load
+def test_tensors_numpy_cannot_hold_cross_a_worker_by_torchs_own_path() -> None:
+    torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+    from multiprocessing.reduction import ForkingPickler
+
+    from laden.torch import _WorkerBatch
+
+    odd = {
+        "float8": torch.ones(4).to(torch.float8_e4m3fn),  # .numpy() raises TypeError
+        "conj": torch.ones(3, dtype=torch.complex64).conj(),  # a conj view: RuntimeError
+        "sparse": torch.eye(3).to_sparse(),  # not strided
+        "plain": torch.arange(3),
+    }
+    back = pickle.loads(ForkingPickler.dumps(_WorkerBatch(odd)))
+    for key, value in odd.items():
+        assert back[key].dtype == value.dtype
+        assert back[key].layout == value.layout
+        got, want = back[key].to_dense(), value.to_dense()
+        if want.is_complex():
+            assert torch.equal(got.resolve_conj(), want.resolve_conj()), key
+        else:
+            assert torch.equal(got.float(), want.float()), key
+
+
 @pytest.mark.slow
 def test_torchrun_ranks_take_equal_steps(staged: dict[str, Any], tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="the torch extra is not installed")

@@ -618,3 +618,23 @@ def test_analyze_counts_staged_samples_with_step_bytes(tmp_path: Path) -> None:
         epoch, table.length, BatchBytes.for_staged(40), stage_length=table.stage_length
     )
     assert (sizes["min"], sizes["max"], sizes["total"]) == (per.min(), per.max(), per.sum())
+
+
+def test_the_state_lists_only_the_latest_split_steps_and_counts_them_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import laden.torch
+
+    monkeypatch.setattr(laden.torch, "SPLIT_HISTORY", 3)
+    plan = small_plan()
+    loader = make_loader(plan, lambda: 10**9, parts=2)  # memory always high: every step splits
+    seen = run(loader, range(2))
+    split = [[e, s, p] for e, s, m, p, _ in seen if p > 1 and m == p - 1]
+    assert len(split) == len(plan.epochs[0]) + len(plan.epochs[1]) > 3
+    state = json.loads(json.dumps(loader.state_dict()))
+    assert state["split_steps"] == split[-3:]
+    assert state["split_count"] == len(split)
+    again = make_loader(plan, lambda: 0)
+    again.load_state_dict(state)
+    assert again.split_steps == split[-3:]
+    assert again.split_count == len(split)
