@@ -15,9 +15,13 @@ colors, episodes truncated at 48 steps) under a uniform random policy:
 - laden torch: the same runner over ``GridEnvTorch`` on the CPU (the env's
   state in torch tensors, the columns recorded on the host), ``same_step``,
   one torch thread;
-- bare numpy loop: the same rules written inline, one ``default_rng`` for the
-  actions and resets, recording obs/action/reward/terminated/truncated as
-  ``[T, N, ...]`` arrays: a hand-written rollout collector without laden;
+- bare numpy loop: the same rules written inline with ``GridEnv.step``'s
+  arithmetic (flat grids, per-action lookup tables, a new grid array per
+  step), one ``default_rng`` for the actions and resets (the env's draws:
+  target colors, noisy cells, shifts), recording obs/action/reward/
+  terminated/truncated as ``[T, N, ...]`` arrays and resetting done envs
+  within the step: a hand-written rollout collector without laden, so the
+  ratio measures what laden adds, not a different step;
 - gymnasium ``SyncVectorEnv`` of ``num_envs`` single grid envs (extra gym).
 
 The numpy and torch rows take turns for ``--rounds`` rounds (see
@@ -122,57 +126,72 @@ def laden_jax(n: int, steps: int, autoreset: str, limit: int) -> tuple[float, fl
 
 
 def bare_numpy(n: int, steps: int) -> Callable[[], None]:
-    """The grid rules written inline, recording what a rollout is for: no laden.
+    """The grid rules written inline, with :meth:`GridEnv.step`'s arithmetic: no laden.
 
-    One ``default_rng`` draws the chunk's actions up front and the resets;
-    ``obs``, ``action``, ``reward``, ``terminated`` and ``truncated`` are
-    recorded as ``[T, N, ...]`` arrays (no episode ids, step indices, final
-    observations, statistics, per-env keys or input checks).
+    The same step as the env's: the grids flat (``[N * 2 * cells]`` int8), the
+    painted cell and color from lookup tables per action, a new grid array per
+    step, the match count updated by the int8 delta, the reward divided in
+    float32. One ``default_rng`` draws the chunk's actions up front and the
+    resets (target colors, noisy cells, shifts: the env's draws); ``obs``,
+    ``action``, ``reward``, ``terminated`` and ``truncated`` are recorded as
+    ``[T, N, ...]`` arrays, and done envs are reset within the step. No
+    episode ids, step indices, final observations, statistics, per-env keys or
+    input checks.
     """
     c = GridConfig()
-    cells, colors = c.cells, c.colors
+    cells, colors, limit = c.cells, c.colors, c.max_episode_steps
+    high = cells * colors
     rng = np.random.default_rng(0)
+    cell_of = (np.arange(high) // colors).astype(np.intp)
+    color_of = (np.arange(high) % colors).astype(np.int8)
+    offsets = np.arange(n, dtype=np.intp) * (2 * cells)
+    scale = np.float32(cells)
 
     def fresh(k: int) -> np.ndarray:
+        """``[k, 2 * cells]`` new grids: working, then target."""
         target = rng.integers(0, colors, (k, cells), dtype=np.int8)
-        working = target.copy()
-        where = rng.integers(0, cells, (k, c.noise))
+        noisy = rng.integers(0, cells, (k, c.noise))
+        shift = rng.integers(1, colors, (k, c.noise))
         rows = np.arange(k)[:, None]
-        shift = rng.integers(1, colors, (k, c.noise), dtype=np.int8)
-        working[rows, where] = (target[rows, where] + shift) % colors
+        working = target.copy()
+        working[rows, noisy] = (target[rows, noisy] + shift) % colors
         return np.concatenate([working, target], axis=1)
 
     grid = fresh(n)
-    matches = (grid[:, :cells] == grid[:, cells:]).sum(1)
+    matches = (grid[:, :cells] == grid[:, cells:]).sum(1, dtype=np.int32)
     count = np.zeros(n, dtype=np.int32)
-    rows = np.arange(n)
 
     def loop() -> None:
         nonlocal grid, matches, count
-        obs_rec = np.empty((steps, n, 2 * cells), dtype=np.int8)
+        obs_rec = np.empty((steps, n, 2, c.height, c.width), dtype=np.int8)
         rew_rec = np.empty((steps, n), dtype=np.float32)
         term_rec = np.empty((steps, n), dtype=bool)
         trunc_rec = np.empty((steps, n), dtype=bool)
-        actions = rng.integers(0, cells * colors, (steps, n))
+        act_rec = rng.integers(0, high, (steps, n), dtype=np.int32)
         for s in range(steps):
-            obs_rec[s] = grid
-            cell, color = np.divmod(actions[s], colors)
-            color = color.astype(np.int8)
+            a = act_rec[s]
+            obs_rec[s] = grid.reshape(n, 2, c.height, c.width)
+            color = color_of[a]
+            where = offsets + cell_of[a]
             grid = grid.copy()
-            old, want = grid[rows, cell], grid[rows, cells + cell]
-            grid[rows, cell] = color
-            delta = (color == want).view(np.int8) - (old == want).view(np.int8)
+            flat = grid.reshape(-1)
+            old = flat[where]
+            want = flat[where + cells]
+            flat[where] = color
+            delta = np.subtract(color == want, old == want, dtype=np.int8)
             matches = matches + delta
             count = count + 1
-            rew_rec[s] = delta.astype(np.float32) / np.float32(cells)
+            rew_rec[s] = delta.astype(np.float32) / scale
             term = matches == cells
-            trunc = (count >= c.max_episode_steps) & ~term
+            trunc = (count >= limit) > term
             term_rec[s], trunc_rec[s] = term, trunc
             done = term | trunc
             if done.any():
-                grid[done] = fresh(int(done.sum()))
-                matches[done] = (grid[done, :cells] == grid[done, cells:]).sum(1)
-                count[done] = 0
+                envs = np.flatnonzero(done)
+                new = fresh(envs.size)
+                grid[envs] = new
+                matches[envs] = (new[:, :cells] == new[:, cells:]).sum(1, dtype=np.int32)
+                count[envs] = 0
 
     return loop
 

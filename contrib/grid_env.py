@@ -28,7 +28,13 @@ from laden.errors import ConfigError
 from laden.hookspecs import hookimpl
 from laden.plugins.sources.env_batch import EnvBatchSource
 from laden.registry import Registry
-from laden.stream.envs.base import EnvSpec, EnvStepError, fold, integers_below
+from laden.stream.envs.base import (
+    EnvSpec,
+    EnvStepError,
+    below_into,
+    fold_terms,
+    mix64_into,
+)
 
 __all__ = [
     "GridConfig",
@@ -111,12 +117,25 @@ class GridEnv:
         self._color_of = (actions % c.colors).astype(np.int8)
         self._offsets = np.zeros(0, dtype=np.intp)  # env j's first cell in the flat grid
         self._words = np.concatenate([np.arange(c.cells), 2 * c.cells + np.arange(c.noise)])
-        self._highs = np.concatenate([np.full(c.cells, c.colors), np.full(c.noise, c.cells)])
+        self._highs = np.concatenate(
+            [np.full(c.cells, c.colors), np.full(c.noise, c.cells)]
+        ).astype(np.uint64)
+        self._word_steps = fold_terms(self._words)  # fold(key, word) = mix(key + term)
+        self._shift_steps = fold_terms(np.arange(c.cells, 2 * c.cells))
+        self._shift_high = np.uint64(c.colors - 1)
+        # actions of up to this many bytes are checked by the table lookup (see _table_index)
+        self._views: dict[np.dtype[Any], np.dtype[Any] | None] = {}
+        for k in (1, 2, 4):
+            self._views[np.dtype(f"u{k}")] = None  # indexes as it is
+            if 1 << (8 * k - 1) >= self._actions:
+                self._views[np.dtype(f"i{k}")] = np.dtype(f"u{k}")
+        self._limit = c.max_episode_steps
 
     # ------------------------------------------------------------ reset
 
-    def initial_grids(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(target, working)`` ``[N, H, W]`` int8 from ``uint64[N]`` keys."""
+    def _fresh(self, keys: Any) -> tuple[np.ndarray, np.ndarray]:
+        """New envs from ``uint64[N]`` keys: ``grid`` ``[N, 2, cells]`` int8 (working,
+        target) and ``matches`` ``[N]`` int32, built in place (one array, no stacking)."""
         c = self.config
         keys = np.asarray(keys, dtype=np.uint64)
         if keys.ndim != 1:
@@ -124,17 +143,27 @@ class GridEnv:
         n, cells = keys.shape[0], c.cells
         # word k of env i's stream is fold(key_i, k): words 0..cells-1 are the target's
         # colors, words 2 * cells + m pick the noisy cells, and word cells + c is the
-        # shift of cell c, drawn only for the noisy cells
-        raw = integers_below(fold(keys[:, None], self._words), self._highs)
-        target = raw[:, :cells].astype(np.int8)
+        # shift of cell c, drawn only for the noisy cells (so a cell picked twice gets
+        # the same color both times)
+        raw = below_into(mix64_into(keys[:, None] + self._word_steps), self._highs)
         noisy = raw[:, cells:]
-        shift = integers_below(fold(keys[:, None], cells + noisy), c.colors - 1) + 1
-        rows = np.arange(n)[:, None]
-        working = target.copy()
+        # fold(key, cells + cell) with its counter term looked up per cell
+        shift = below_into(mix64_into(keys[:, None] + self._shift_steps[noisy]), self._shift_high)
+        grid = np.empty((n, 2, cells), dtype=np.int8)
+        grid[:, 1] = raw[:, :cells]
+        grid[:, 0] = grid[:, 1]
+        flat = grid.reshape(-1)
+        where = (np.arange(n, dtype=np.intp) * (2 * cells))[:, None] + noisy
         # computed in int64: int8 would wrap for colors > 64
-        working[rows, noisy] = (target[rows, noisy] + shift) % c.colors
-        shape = (n, c.height, c.width)
-        return target.reshape(shape), working.reshape(shape)
+        flat[where] = (flat[where + cells] + shift + 1) % c.colors
+        matches = (grid[:, 0] == grid[:, 1]).sum(1, dtype=np.int32)
+        return grid, matches
+
+    def initial_grids(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(target, working)`` ``[N, H, W]`` int8 from ``uint64[N]`` keys."""
+        grid, _ = self._fresh(keys)
+        shape = (grid.shape[0], self.config.height, self.config.width)
+        return grid[:, 1].reshape(shape), grid[:, 0].reshape(shape)
 
     def initial_state(self, target: np.ndarray, working: np.ndarray) -> tuple[dict[str, Any], Any]:
         """The state (and observation) of envs starting from these grids."""
@@ -144,7 +173,10 @@ class GridEnv:
         return state, grid
 
     def reset(self, keys: np.ndarray) -> tuple[dict[str, Any], Any]:
-        return self.initial_state(*self.initial_grids(keys))
+        flat, matches = self._fresh(keys)
+        n = flat.shape[0]
+        grid = flat.reshape(n, 2, self.config.height, self.config.width)
+        return {"grid": grid, "matches": matches, "steps": np.zeros(n, dtype=np.int32)}, grid
 
     # ------------------------------------------------------------ step
 
@@ -165,13 +197,37 @@ class GridEnv:
                 )
         return array
 
+    def _table_index(self, action: Any, n: int) -> np.ndarray:
+        """The actions as an index into the per-action tables, checked.
+
+        Integers of up to 4 bytes are viewed as unsigned (a negative one is then
+        at least ``2**(bits - 1)``, past the tables' end): the table lookup itself
+        raises IndexError for any action out of range, so no separate pass checks
+        them. Others (8 bytes, where ``intp`` would wrap them back) are checked first.
+        """
+        a = action if type(action) is np.ndarray else np.asarray(action)
+        if a.shape != (n,) or a.dtype not in self._views:
+            return self.check_action(a, n)
+        view = self._views[a.dtype]
+        return a if view is None else a.view(view)
+
     def step(self, state: dict[str, Any], action: Any) -> tuple[dict[str, Any], Any, Any, Any, Any]:
         grid = state["grid"]
         n = grid.shape[0]
-        a = self.check_action(action, n)
+        a = action
+        if type(a) is np.ndarray and a.shape == (n,) and a.dtype in self._views:
+            view = self._views[a.dtype]  # _table_index, inline (it runs every step)
+            if view is not None:
+                a = a.view(view)
+        else:
+            a = self._table_index(action, n)
         if self._offsets.shape[0] != n:
             self._offsets = np.arange(n, dtype=np.intp) * (2 * self._cells)
-        color = self._color_of[a]
+        try:
+            color = self._color_of[a]
+        except IndexError:
+            self.check_action(action, n)  # names the env
+            raise
         where = self._offsets + self._cell_of[a]  # the painted cell in the flat [N * 2 * cells]
         new_grid = grid.copy()  # owns its memory: the runner may write resets into it
         flat = new_grid.reshape(-1)
@@ -184,7 +240,7 @@ class GridEnv:
         reward = delta.astype(np.float32) / self._scale
         terminated = matches == self._cells
         # bools: a > b is a & ~b
-        truncated = (steps >= self.config.max_episode_steps) > terminated
+        truncated = (steps >= self._limit) > terminated
         return (
             {"grid": new_grid, "matches": matches, "steps": steps},
             new_grid,

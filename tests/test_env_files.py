@@ -317,21 +317,78 @@ def test_an_env_without_a_saved_state_is_computed_again_on_resume(tmp_path: Path
     assert file_bytes(tmp_path / "a") == file_bytes(tmp_path / "b")
 
 
-def test_jax_runs_resume_by_computing_the_kept_chunks_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("autoreset", ["same_step", "next_step"])
+def test_jax_runs_resume_from_the_saved_runner_state(tmp_path: Path, autoreset: str) -> None:
     pytest.importorskip("jax")
-    config = {**GRID, "num_envs": 3, "rollout_len": 4, "array_backend": "jax"}
-    write_rollouts(config, tmp_path / "a", chunks=3)
+    config = {
+        **GRID,
+        "num_envs": 3,
+        "rollout_len": 4,
+        "array_backend": "jax",
+        "autoreset": autoreset,
+        "env_options": SHORT,
+    }
+    write_rollouts(config, tmp_path / "a", chunks=4)
+    assert [p.name for p in (tmp_path / "a").glob("state-*")] == ["state-000003.npz"]
 
     def interrupt(k: int) -> None:
-        if k == 0:
+        if k == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        write_rollouts(config, tmp_path / "b", chunks=3, on_chunk=interrupt)
-    report = write_rollouts(config, tmp_path / "b", chunks=3, resume=True)
-    assert report["resumed_from"] == "replay"
+        write_rollouts(config, tmp_path / "b", chunks=4, on_chunk=interrupt)
+    report = write_rollouts(config, tmp_path / "b", chunks=4, resume=True)
+    assert report["resumed_from"] == "state"
+    assert report["kept"] == 2
     assert report["written"] == 2
     assert digests(tmp_path / "a") == digests(tmp_path / "b")
+
+
+@pytest.mark.parametrize("autoreset", ["same_step", "pool", "next_step", "disabled"])
+def test_jax_runner_resumes_from_its_state(autoreset: str) -> None:
+    pytest.importorskip("jax")
+
+    def foreign(state: dict[str, Any]) -> dict[str, Any]:
+        return {**state, "num_envs": state["num_envs"] + 1}
+
+    check_stateful(
+        lambda: Chunks("jax", autoreset=autoreset, env_options=SHORT, num_envs=3),
+        cuts=(0, 2),
+        tail=2,
+        json_state=False,
+        foreign=foreign,
+    )
+
+
+def test_jax_runner_refuses_a_numpy_runner_state_and_bad_counters() -> None:
+    pytest.importorskip("jax")
+    jax_runner = EnvBatchSource(**GRID, array_backend="jax").runner()
+    numpy_state = EnvBatchSource(**GRID).runner().state_dict()
+    with pytest.raises(DataError, match=r"not a laden\.jax_runner state"):
+        jax_runner.load_state_dict(numpy_state)
+    state = jax_runner.state_dict()
+    with pytest.raises(DataError, match=r"episode has shape \(2,\), want \(6,\)"):
+        jax_runner.load_state_dict({**state, "episode": np.zeros(2)})
+    with pytest.raises(DataError, match="seed 7"):
+        jax_runner.load_state_dict({**state, "seed": 8})
+
+
+def test_a_jax_state_taken_is_a_copy() -> None:
+    """The state is host numpy copies: going on, or changing the copy, changes neither."""
+    pytest.importorskip("jax")
+    runner = EnvBatchSource(**GRID, array_backend="jax", env_options=SHORT).runner()
+    runner.rollout(4)
+    state = runner.state_dict()
+    grid = state["state"]["grid"].copy()
+    runner.rollout(4)
+    assert np.array_equal(state["state"]["grid"], grid)
+    other = EnvBatchSource(**GRID, array_backend="jax", env_options=SHORT).runner()
+    other.load_state_dict(state)
+    state["state"]["grid"][:] = 0
+    state["obs"][:] = 0
+    got = other.state_dict()
+    assert np.array_equal(got["state"]["grid"], grid)
+    assert got["obs"].any()
 
 
 def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:

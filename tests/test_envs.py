@@ -475,3 +475,48 @@ def test_env_returning_nan_reward_names_the_env_step_and_key(autoreset: str) -> 
         EnvStepError, match=r"env 3 \(key 0x[0-9a-f]{16}\): the env returned reward nan at step 4"
     ):
         runner.rollout(6)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint64"])
+def test_grid_names_the_env_of_an_action_out_of_range_whatever_its_dtype(dtype: str) -> None:
+    """Small ints are checked by the table lookup itself (a negative one viewed as unsigned
+    is past the tables' end), wide ones by a pass first: both name the env."""
+    env = GridEnv(height=2, width=2, colors=3)  # 12 actions
+    state, _ = env.reset(env_keys(0, np.arange(4), "x"))
+    good = np.array([0, 11, 5, 3], dtype=dtype)
+    assert env.step(state, good)[0]["grid"].shape == (4, 2, 2, 2)
+    with pytest.raises(EnvStepError, match=r"env 2: grid: action 12 is outside \[0, 12\)"):
+        env.step(state, np.array([0, 11, 12, 3], dtype=dtype))
+    if np.dtype(dtype).kind == "i":
+        with pytest.raises(EnvStepError, match=r"env 3: grid: action -1 is outside"):
+            env.step(state, np.array([0, 1, 2, -1], dtype=dtype))
+        lowest = np.iinfo(dtype).min
+        with pytest.raises(EnvStepError, match=rf"env 0: grid: action {lowest} is outside"):
+            env.step(state, np.array([lowest, 1, 2, 3], dtype=dtype))
+
+
+def test_a_chunk_with_many_done_steps_adds_up_as_short_chunks_do() -> None:
+    """Episodes ending at most steps of one chunk (more runs of rows than are summed in
+    the loop), and every env resetting at once: the same columns, statistics and state
+    as chunks short enough to sum every run in the loop."""
+
+    def runner(limit: int, policy: Any) -> EnvRunner:
+        env = GridEnv(max_episode_steps=limit, noise=4)
+        return EnvRunner(env, num_envs=16, seed=5, autoreset="same_step", policy=policy)
+
+    for limit, policy in ((5, oracle_policy), (3, "random")):
+        whole = runner(limit, policy).rollout(120)
+        done_steps = np.flatnonzero((whole["terminated"] | whole["truncated"]).any(1))
+        assert done_steps.size > 32  # more runs than the loop sums
+        chunked = runner(limit, policy)
+        parts = [chunked.rollout(6) for _ in range(20)]
+        for key in (*COLUMNS, "final_obs"):
+            assert np.array_equal(np.concatenate([p[key] for p in parts]), whole[key]), key
+        for key in whole.episodes:
+            joined = np.concatenate([p.episodes[key] for p in parts])
+            assert joined.tobytes() == whole.episodes[key].tobytes(), key
+        for row in range(whole.episodes["env"].size):
+            env, episode = int(whole.episodes["env"][row]), int(whole.episodes["episode_id"][row])
+            rows = whole["episode_id"][:, env] == episode
+            want = whole["reward"][rows, env].astype(np.float64).sum()
+            assert whole.episodes["return"][row] == want

@@ -27,6 +27,36 @@ def test_check_env_on_the_torch_grid() -> None:
     check_env(make_torch)
 
 
+class TensorOnlyGrid:
+    """The torch grid taking torch tensors only, as many torch-native envs do."""
+
+    backend = "torch"
+
+    def __init__(self, in_place: bool = False) -> None:
+        self.inner = GridEnvTorch()
+        self.spec = self.inner.spec
+        self.in_place = in_place
+
+    def reset(self, keys: Any) -> Any:
+        return self.inner.reset(keys)
+
+    def step(self, state: Any, action: Any) -> Any:
+        if not isinstance(action, torch.Tensor):
+            raise TypeError(f"actions must be a torch.Tensor, got {type(action).__name__}")
+        out = self.inner.step(state, action)
+        if self.in_place:  # a bug check_env must catch: the input state changes
+            state["grid"].copy_(out[0]["grid"])
+        return out
+
+
+def test_check_env_takes_a_torch_env_as_the_runner_calls_it() -> None:
+    """Actions go in as tensors (through the runner's TorchBoundary), outputs are compared
+    on the host; a torch env that writes into its input state is still caught."""
+    check_env(TensorOnlyGrid)
+    with pytest.raises(AssertionError, match="step changed its input state"):
+        check_env(lambda: TensorOnlyGrid(in_place=True))
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     seed=st.integers(0, 2**32),

@@ -13,12 +13,14 @@ __all__ = ["check_env"]
 
 
 def _host(tree: Any) -> Any:
-    return tree_map(lambda leaf: np.asarray(leaf), tree)
+    """Host numpy copies of a pytree's leaves (torch tensors on any device too)."""
+    from laden.stream.envs.runner import _host as host_of
+
+    return tree_map(lambda leaf: np.array(host_of(leaf)), tree)
 
 
 def _same(a: Any, b: Any, what: str) -> None:
     def compare(x: Any, y: Any) -> None:
-        x, y = np.asarray(x), np.asarray(y)
         assert x.dtype == y.dtype, f"{what}: {x.dtype} vs {y.dtype}"
         assert x.shape == y.shape, f"{what}: shape {x.shape} vs {y.shape}"
         assert x.tobytes() == y.tobytes(), f"{what}: values differ"
@@ -46,19 +48,25 @@ def check_env(
     rollout with the runner is byte-identical on a rerun and env ``i``'s columns
     do not change with ``num_envs``; actions of the wrong shape are refused.
 
+    A torch-native env (``backend = "torch"``: state and outputs torch tensors,
+    on any device) is called as the runner calls it (through
+    :class:`~laden.stream.envs.runner.TorchBoundary`): actions go in as torch
+    tensors, and what it returns is compared on the host.
+
     :param factory: the env factory (the keywords it takes among ``num_envs``, ``backend``).
-    :param backend: ``numpy`` (also torch runs) or ``jax``.
+    :param backend: ``numpy`` (also torch envs) or ``jax``.
     :param functional: the state is arrays (default: the env has no ``reset_where``).
     """
     from laden.stream.envs.make import make_env, make_runner
-    from laden.stream.envs.runner import POLICY, RESET, random_policy
+    from laden.stream.envs.runner import POLICY, RESET, TorchBoundary, random_policy
 
     array_backend = "jax" if backend == "jax" else "numpy"
-    env = make_env(factory, num_envs=num_envs, array_backend=array_backend)
+    made = make_env(factory, num_envs=num_envs, array_backend=array_backend)
+    env: Any = TorchBoundary(made) if getattr(made, "backend", "numpy") == "torch" else made
     spec = env.spec
     assert isinstance(spec, EnvSpec), f"env.spec is {type(spec).__name__}, not EnvSpec"
     if functional is None:
-        functional = not hasattr(env, "reset_where")
+        functional = not hasattr(made, "reset_where")
     if backend == "jax":
         from laden.stream.envs.jaxrun import jax_env_keys, jax_random_policy
 
@@ -73,7 +81,7 @@ def check_env(
         policy = random_policy
 
     state, obs = env.reset(keys)
-    obs_np = np.asarray(obs)
+    obs_np = _host(obs)
     assert obs_np.shape == (num_envs, *spec.obs_shape), f"reset obs shape {obs_np.shape}"
     assert obs_np.dtype == spec.obs_dtype, f"reset obs dtype {obs_np.dtype}, spec {spec.obs_dtype}"
     if functional:
@@ -99,7 +107,7 @@ def check_env(
         _same(env.step(state, action)[1:], (new_obs, reward, term, trunc), "step twice")
         k = max(1, num_envs // 2)
         sub = env.step(tree_take(state, slice(0, k)), action[:k])
-        _same(sub[1], np.asarray(new_obs)[:k], "step of a subset vs the same rows")
+        _same(sub[1], new_obs[:k], "step of a subset vs the same rows")
 
     try:
         wrong = np.zeros((num_envs + 1, *spec.action_shape), dtype=spec.action_dtype)
@@ -124,4 +132,4 @@ def check_env(
     fewer = rollout(max(1, num_envs // 2))
     k = fewer.num_envs
     for key, column in fewer.columns.items():
-        _same(column, np.asarray(first.columns[key])[:, :k], f"env i's {key} vs num_envs")
+        _same(column, _host(first.columns[key])[:, :k], f"env i's {key} vs num_envs")

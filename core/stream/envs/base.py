@@ -40,12 +40,15 @@ __all__ = [
     "EnvSpec",
     "EnvStepError",
     "Policy",
+    "below_into",
     "bits",
     "env_keys",
     "fold",
+    "fold_terms",
     "integers_below",
     "load_object",
     "mix64",
+    "mix64_into",
     "purpose_tag",
     "tree_map",
     "tree_nbytes",
@@ -179,17 +182,38 @@ def _mix_in_place(z: np.ndarray) -> np.ndarray:
     return z
 
 
+def fold_terms(data: Any) -> np.ndarray:
+    """:func:`fold`'s counter terms, ``(data + 1) * golden`` (uint64, wrapping): ``fold(keys,
+    data)`` is ``mix64_into(keys + fold_terms(data))``, for data fixed ahead of time."""
+    d = np.asarray(data, dtype=np.uint64)
+    if d.ndim == 0:
+        d = d.reshape(1)  # arrays wrap silently; numpy scalars would warn on overflow
+    out: np.ndarray = (d + np.uint64(1)) * _GOLDEN
+    return out
+
+
+def mix64_into(z: np.ndarray) -> np.ndarray:
+    """:func:`mix64` in place: ``z`` (uint64, the caller's to overwrite) is returned mixed."""
+    return _mix_in_place(z)
+
+
+def below_into(raw: np.ndarray, high: Any) -> np.ndarray:
+    """:func:`integers_below` in place: ``raw`` (uint64, the caller's to overwrite) becomes
+    the integers (the same values), returned as ``int64`` (a view of ``raw``)."""
+    raw >>= _S32
+    raw *= np.asarray(high, dtype=np.uint64)
+    raw >>= _S32
+    out: np.ndarray = raw.view(np.int64)
+    return out
+
+
 def fold(keys: np.ndarray, data: Any) -> np.ndarray:
     """A new key per env from ``keys`` and ``data`` (an int, or an array broadcasting with keys).
 
     ``mix64(key + (data + 1) * golden)``: output ``data`` of the splitmix64
     stream that starts at ``key`` (one mix per key, vectorized).
     """
-    d = np.asarray(data, dtype=np.uint64)
-    if d.ndim == 0:
-        d = d.reshape(1)  # arrays wrap silently; numpy scalars would warn on overflow
-    step = (d + np.uint64(1)) * _GOLDEN
-    return _mix_in_place(np.add(keys, step, dtype=np.uint64))
+    return _mix_in_place(np.add(keys, fold_terms(data), dtype=np.uint64))
 
 
 def bits(keys: np.ndarray, count: int) -> np.ndarray:

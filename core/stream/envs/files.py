@@ -15,12 +15,13 @@ The run is a :class:`~laden.files.manifest.RunManifest` of kind
 ``laden.rollouts``: its identity is the source's config and the writer's, and
 each chunk's record holds the file's checksums, a content digest (the same
 whatever the writer), the chunk's episode statistics, and the runner's state
-after the chunk (``state-0000k.npz``, :meth:`EnvRunner.state_dict`). Resume
+after the chunk (``state-0000k.npz``, :meth:`EnvRunner.state_dict`, or
+:meth:`JaxRunner.state_dict` on JAX). Resume
 (``--resume``, after a crash, ``kill -9`` or Ctrl-C) re-checks the kept
 files, loads the runner state of the last chunk of the unbroken run of kept
 chunks and goes on from there, so the files are byte for byte those of an
-uninterrupted run. Where no saved state can be used (a JAX runner, an env
-that keeps its state inside its own objects, a state file lost) the kept
+uninterrupted run. Where no saved state can be used (an env that keeps its
+state inside its own objects, a state file lost) the kept
 chunks are computed again and compared with their recorded digests.
 
 :func:`read_rollouts` reads the chunks back in order, checking each file's

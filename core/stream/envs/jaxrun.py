@@ -13,22 +13,22 @@ keeps resets cheap under ``scan`` (gymnax-style reset-every-step costs 16-68x).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
-from laden.errors import ConfigError
+from laden.errors import ConfigError, DataError
 from laden.stream.envs.base import EPISODE_STRIDE, EnvSpec, purpose_tag
 from laden.stream.envs.runner import (
-    AUTORESETS,
+    _COUNTERS,
     POLICY,
     POOL,
     RESET,
     Rollout,
+    RunnerSettings,
     _episodes,
     check_actions,
-    check_num_envs,
 )
 
 __all__ = ["JaxRunner", "VmapEnv", "jax_below", "jax_env_keys", "jax_random_policy"]
@@ -109,55 +109,35 @@ def _mix32(x: Any) -> Any:
     return x ^ (x >> 16)
 
 
-class JaxRunner:
+class JaxRunner(RunnerSettings):
     """:class:`~laden.stream.envs.runner.EnvRunner`'s counterpart for JAX envs (same settings).
 
+    Resumable like it: :meth:`state_dict` (host numpy copies of the carry) and
+    :meth:`load_state_dict`, of kind ``laden.jax_runner``.
+
     :param scan: run a rollout as one ``lax.scan`` (else a jitted step in a Python loop).
+    :param settings: :class:`~laden.stream.envs.runner.EnvRunner`'s (``num_envs``, ``seed``,
+        ``policy``, ``autoreset``, ``reset_pool_size``, ``final_obs``, ``first_env``).
     """
 
-    def __init__(
-        self,
-        env: Any,
-        *,
-        num_envs: int,
-        seed: int = 0,
-        policy: str | Callable[..., Any] = "random",
-        autoreset: str = "next_step",
-        reset_pool_size: int = 64,
-        final_obs: bool = True,
-        first_env: int = 0,
-        scan: bool = True,
-    ) -> None:
+    def __init__(self, env: Any, *, scan: bool = True, **settings: Any) -> None:
+        self.scan = scan
+        super().__init__(env, **settings)
+
+    def _random_policy(self) -> Callable[..., Any]:
+        return jax_random_policy
+
+    def _setup(self, index: np.ndarray) -> None:
         import jax
         import jax.numpy as jnp
 
-        self.num_envs = n = check_num_envs(num_envs)
-        if autoreset not in AUTORESETS:
-            raise ConfigError(
-                f"must be one of {', '.join(AUTORESETS)}, got {autoreset!r}", path=("autoreset",)
-            )
-        if reset_pool_size < 1:
-            raise ConfigError(f"must be > 0, got {reset_pool_size}", path=("reset_pool_size",))
-        self.env, self.spec, self.seed = env, env.spec, seed
-        self.autoreset, self.final_obs, self.first_env, self.scan = (
-            autoreset,
-            final_obs,
-            first_env,
-            scan,
-        )
-        if policy == "random":
-            self.policy: Callable[..., Any] = jax_random_policy
-        elif callable(policy):
-            self.policy = policy
-        else:
-            raise ConfigError(f"must be 'random' or a callable, got {policy!r}", path=("policy",))
-        index = np.arange(first_env, first_env + n)
+        env, seed = self.env, self.seed
         self.reset_keys = jax_env_keys(seed, index, RESET)
         self.policy_keys = jax_env_keys(seed, index, POLICY)
         self._ids = index.astype(np.int64) * EPISODE_STRIDE
         self.pool: tuple[Any, Any] | None = None
-        if autoreset == "pool":
-            self.pool = env.reset(jax_env_keys(seed, np.arange(reset_pool_size), POOL))
+        if self.autoreset == "pool":
+            self.pool = env.reset(jax_env_keys(seed, np.arange(self.reset_pool_size), POOL))
         self._fold = jax.vmap(jax.random.fold_in)
         self.carry: Any = None
         self.t = 0
@@ -373,3 +353,63 @@ class JaxRunner:
             first_env=self.first_env,
             final_mask=np.asarray(host["final_mask"]),
         )
+
+    # ------------------------------------------------------------ state
+
+    #: The carry's per-env counters' dtypes (in ``_COUNTERS`` order).
+    _DTYPES = (np.int32, np.int32, np.float32, np.bool_, np.bool_)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the run is: the step, the per-env counters, env state and observation.
+
+        Host numpy copies of the scan's carry (``state`` and ``obs`` None before the
+        first rollout), with the settings a state needs to fit, as
+        :meth:`EnvRunner.state_dict <laden.stream.envs.runner.EnvRunner.state_dict>`.
+        """
+        import jax
+
+        n = self.num_envs
+        if self.carry is None:
+            env_state = obs = None
+            counters: list[np.ndarray] = [np.zeros(n, dtype=d) for d in self._DTYPES[:4]] + [
+                np.ones(n, dtype=bool)
+            ]
+        else:
+            host = jax.device_get(self.carry)
+            env_state = jax.tree_util.tree_map(lambda leaf: np.array(leaf, copy=True), host[0])
+            obs = np.array(host[1], copy=True)
+            counters = [np.array(v, dtype=d) for v, d in zip(host[2:7], self._DTYPES, strict=True)]
+        return {
+            **self._identity("laden.jax_runner"),
+            "t": int(self.t),
+            **dict(zip(_COUNTERS, counters, strict=True)),
+            "state": env_state,
+            "obs": obs,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (same env, seed, envs, autoreset and policy);
+        a state that does not fit is refused with a DataError before anything changes."""
+        import jax
+
+        jnp = self._jnp
+        found = self._check_fits(state, "laden.jax_runner", max_t=(1 << 31) - 1)
+        counters: list[np.ndarray] = [
+            found[k].astype(d) for k, d in zip(_COUNTERS, self._DTYPES, strict=True)
+        ]
+        t = int(state["t"])
+        if state["state"] is None and state["obs"] is None:
+            self.carry, self.t = None, t
+            return
+        obs = np.array(state["obs"], copy=True)
+        if obs.shape[:1] != (self.num_envs,):
+            raise DataError(f"the state's obs has shape {obs.shape}, want ({self.num_envs}, ...)")
+        # copies on the device: the caller's arrays stay the caller's
+        env_state = jax.tree_util.tree_map(lambda leaf: jnp.array(leaf, copy=True), state["state"])
+        self.carry = (
+            env_state,
+            jnp.array(obs),
+            *(jnp.asarray(c) for c in counters),
+            jnp.int32(t),
+        )
+        self.t = t
