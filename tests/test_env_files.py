@@ -38,6 +38,10 @@ def file_bytes(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.glob("rollout-*"))}
 
 
+def every_file(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
 # ------------------------------------------------------------ test envs
 
 
@@ -408,6 +412,30 @@ def test_a_folder_laden_did_not_write_is_left_alone(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not empty"):
         write_rollouts(GRID, tmp_path, chunks=1, force=True)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_users_files_beside_a_run_are_never_removed(tmp_path: Path) -> None:
+    write_rollouts(GRID, tmp_path, chunks=2)
+    mine = {"state-my-checkpoint.npz": b"mine", "rollout-notes.txt": b"notes"}
+    for name, data in mine.items():
+        (tmp_path / name).write_bytes(data)
+    report = write_rollouts(GRID, tmp_path, chunks=3, resume=True)
+    assert report["resumed_from"] == "state"
+    before = every_file(tmp_path)
+    with pytest.raises(ConfigError, match="did not write"):  # refused before anything goes
+        write_rollouts(GRID, tmp_path, chunks=3, force=True)
+    assert every_file(tmp_path) == before
+    for name, data in mine.items():
+        assert (tmp_path / name).read_bytes() == data
+
+
+def test_resume_and_force_together_are_refused_before_anything_changes(tmp_path: Path) -> None:
+    write_rollouts(GRID, tmp_path, chunks=2)
+    before = every_file(tmp_path)
+    with pytest.raises(ConfigError, match="pass one"):
+        write_rollouts(GRID, tmp_path, chunks=3, resume=True, force=True)
+    assert every_file(tmp_path) == before
+    assert write_rollouts(GRID, tmp_path, chunks=3, resume=True)["resumed_from"] == "state"
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "swap"])

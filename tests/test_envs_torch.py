@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from laden.contrib.grid_env import GridConfig, GridEnv, GridEnvTorch, make_torch, oracle_policy
+from laden.errors import ConfigError
 from laden.stream.envs import EnvRunner, EnvStepError, env_keys
 from laden.testing import check_env
 
@@ -177,3 +178,25 @@ def test_torch_grid_refuses_bad_actions() -> None:
         env.step(state, torch.tensor([0, 144, 2]))
     with pytest.raises(EnvStepError, match=r"env 2: grid: action -1 is outside"):
         env.step(state, np.array([0, 1, -1]))
+
+
+class ResetWhereGrid(GridEnvTorch):
+    """A torch env that resets envs itself (as wrappers of stateful envs do)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.masks: list[np.ndarray] = []
+
+    def reset_where(self, state: Any, mask: np.ndarray, keys: np.ndarray) -> tuple[Any, Any]:
+        self.masks.append(np.array(mask))
+        return self.reset(keys)  # every env afresh: the test only looks at the calls
+
+
+def test_a_torch_env_with_its_own_reset_where_is_reset_through_it() -> None:
+    env = ResetWhereGrid(max_episode_steps=3)
+    runner = EnvRunner(env, num_envs=4, seed=0, autoreset="same_step")
+    runner.rollout(10)
+    assert env.masks  # episodes of 3 steps ended: every reset went through reset_where
+    assert all(mask.dtype == np.bool_ and mask.shape == (4,) for mask in env.masks)
+    with pytest.raises(ConfigError, match="'pool' needs a functional env"):
+        EnvRunner(ResetWhereGrid(), num_envs=4, seed=0, autoreset="pool")

@@ -72,11 +72,22 @@ def _state_name(chunk: int) -> str:
 
 
 def _is_chunk_file(name: str) -> bool:
-    return name.startswith(_PREFIX) and name[len(_PREFIX) : len(_PREFIX) + 6].isdigit()
+    """``rollout-NNNNNN.<suffix>`` exactly (one writer suffix such as ``npz``): a chunk file."""
+    stem, _, suffix = name.partition(".")
+    digits = stem[len(_PREFIX) :]
+    return stem.startswith(_PREFIX) and len(digits) == 6 and digits.isdigit() and suffix.isalnum()
 
 
 def _is_state_file(name: str) -> bool:
-    return name.startswith(_STATE) and name.endswith(".npz")
+    """``state-NNNNNN.npz`` exactly: a runner state this run saved (never a user's file)."""
+    digits = name[len(_STATE) : -len(".npz")]
+    return (
+        name.startswith(_STATE) and name.endswith(".npz") and len(digits) == 6 and digits.isdigit()
+    )
+
+
+def _state_files(directory: Path) -> list[Path]:
+    return [p for p in directory.glob(f"{_STATE}*.npz") if _is_state_file(p.name)]
 
 
 def chunk_arrays(rollout: Rollout, chunk: int) -> dict[str, np.ndarray]:
@@ -295,15 +306,12 @@ def write_rollouts(
         version=FORMAT_VERSION,
         identity={"source": config_of(source), "writer": config_of(writer)},
         owns=_is_chunk_file,
+        writes=_is_state_file,  # force clears them too, after refusing a stranger
         flush_seconds=math.inf,  # flushed here, so old runner states are pruned after it
         what="laden envs collect",
     )
     runner = source.runner()
     with manifest.locked():
-        if force and manifest.path.exists():
-            manifest.load()  # only a directory such a run wrote
-            for path in directory.glob(f"{_STATE}*.npz"):
-                path.unlink(missing_ok=True)
         if resume and not force and manifest.path.exists():
             _check_same_run(manifest)
         kept = manifest.open(resume=resume, force=force)
@@ -326,7 +334,7 @@ def write_rollouts(
                 except (DataError, OSError, KeyError, ValueError):
                     runner = source.runner()  # computed again from step 0
         keep_state = None if begin == 0 else kept[by_chunk[begin - 1]]["state"]["file"]
-        for path in directory.glob(f"{_STATE}*.npz"):
+        for path in _state_files(directory):
             if path.name != keep_state:
                 path.unlink(missing_ok=True)  # a state of no kept chunk
         for name, record in kept.items():
@@ -437,7 +445,7 @@ def _prune(
         if state is not None and state["file"] != keep:
             manifest.items[name] = {**record, "state": None}
     manifest.flush(complete=complete)
-    for path in directory.glob(f"{_STATE}*.npz"):
+    for path in _state_files(directory):
         if path.name != keep:
             path.unlink(missing_ok=True)
 

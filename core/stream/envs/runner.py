@@ -192,9 +192,16 @@ class TorchBoundary:
     def __init__(self, env: Any) -> None:
         self.env = env
         self.spec: EnvSpec = env.spec
+        if hasattr(env, "reset_where"):  # the runner looks for it: only where the env has it
+            self.reset_where = self._reset_where
 
     def reset(self, keys: np.ndarray) -> tuple[Any, Any]:
         state, obs = self.env.reset(keys)
+        return state, _host(obs)
+
+    def _reset_where(self, state: Any, mask: np.ndarray, keys: np.ndarray) -> tuple[Any, Any]:
+        """The env's own ``reset_where``, given host ``mask`` and ``keys`` as ``reset`` is."""
+        state, obs = self.env.reset_where(state, mask, keys)
         return state, _host(obs)
 
     def step(self, state: Any, action: np.ndarray) -> tuple[Any, Any, Any, Any, Any]:
