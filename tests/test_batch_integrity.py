@@ -326,9 +326,10 @@ def test_force_starts_over_only_in_a_batch_directory(
     assert cli.exit_code == 0, cli.output
     assert digests(out) == digests(reference)
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(laden.ConfigError, match="not empty"):
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(laden.ConfigError, match=r"did not write \(notes.txt\)"):
         write(corpus, "npz", out, force=True)
-    assert (out / "notes.txt").read_text() == "mine"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing removed
 
 
 # ------------------------------------------------------- tokenize once

@@ -11,6 +11,24 @@ from laden.io import prepare_output_file
 __all__ = ["envs_group"]
 
 
+#: Options of every command that makes envs.
+array_backend_option = click.option(
+    "--array-backend",
+    "array_backend",
+    default="numpy",
+    show_default=True,
+    type=click.Choice(["numpy", "torch", "jax"]),
+)
+env_option_option = click.option(
+    "-E",
+    "--env-option",
+    "env_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A setting of the env factory (repeatable).",
+)
+
+
 @click.group("envs")
 def envs_group() -> None:
     """Vectorized environments."""
@@ -43,27 +61,14 @@ def _sizes(value: str) -> list[int]:
     help="Steps per timed rollout.",
 )
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
-@click.option(
-    "--array-backend",
-    "array_backend",
-    default="numpy",
-    show_default=True,
-    type=click.Choice(["numpy", "torch", "jax"]),
-)
+@array_backend_option
 @click.option(
     "--autoreset",
     default="same_step",
     show_default=True,
     type=click.Choice(["next_step", "same_step", "disabled", "pool"]),
 )
-@click.option(
-    "-E",
-    "--env-option",
-    "env_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A setting of the env factory (repeatable).",
-)
+@env_option_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Also write a PNG plot.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --plot file.")
@@ -137,21 +142,8 @@ def bench_command(
     type=click.Choice(["next_step", "same_step", "disabled", "pool"]),
 )
 @click.option("--policy", default="random", show_default=True, help="random or pkg.mod:name.")
-@click.option(
-    "--array-backend",
-    "array_backend",
-    default="numpy",
-    show_default=True,
-    type=click.Choice(["numpy", "torch", "jax"]),
-)
-@click.option(
-    "-E",
-    "--env-option",
-    "env_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A setting of the env factory (repeatable).",
-)
+@array_backend_option
+@env_option_option
 @click.option("--resume", is_flag=True, help="Continue the run in OUTPUT (same settings).")
 @click.option("--force", is_flag=True, help="Replace a rollout run in OUTPUT.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
