@@ -23,13 +23,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from benchmarks.common import median_time, peer_lengths, print_table
+sys.path.insert(0, str(Path(__file__).parent))
+from common import median_time, peer_lengths, print_table
 
 
 def make_dataset(n: int, max_length: int) -> tuple[Any, int]:
