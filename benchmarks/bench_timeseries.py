@@ -8,6 +8,8 @@ Side by side, in one run:
   beside raw ``np.lib.stride_tricks.sliding_window_view`` slicing of the
   memory map (goal: at least 0.8x) and beside a torch ``Dataset`` whose
   ``__getitem__`` slices one window, with the default collate (goal: 10x);
+  ``WindowDataset.batches(threads=N)`` is laden's own loop with N threads
+  collating ahead (the gather releases the GIL), beside the one-thread rows;
 - the anonymous memory (RssAnon: not the file's pages) a pass of batches
   adds, for two file sizes, beside 2 x batch bytes x prefetch.
 
@@ -72,12 +74,15 @@ def batches_of(n_windows: int, count: int, seed: int = 1) -> list[np.ndarray]:
     return [rng.integers(0, n_windows, BATCH) for _ in range(count)]
 
 
-def read_rates(src: TimeseriesSource, count: int, rounds: int = 7) -> list[list[Any]]:
-    """Batches/s of laden, raw slicing and a per-window torch Dataset, measured in rounds.
+def read_rates(
+    src: TimeseriesSource, count: int, rounds: int = 7, threads: tuple[int, ...] = (2,)
+) -> list[list[Any]]:
+    """Batches/s of laden (one thread, and ``threads``), raw slicing and a per-window
+    torch Dataset, measured in rounds.
 
-    Each round times all three on the same batches one after the other, so a
+    Each round times all of them on the same batches one after the other, so a
     noisy neighbour slows them alike; the table gives the median rate of each
-    and the median of the per-round ratios (laden's speed / the other's).
+    and the median of the per-round ratios (this reader's speed / raw's, / torch's).
     """
     table = src.lengths()
     data = WindowDataset(src, table)
@@ -98,8 +103,18 @@ def read_rates(src: TimeseriesSource, count: int, rounds: int = 7) -> list[list[
             sw[s]  # [B, F, W]: the same bytes (not even made [B, W, F])
         return count / (time.perf_counter() - start)
 
+    def ahead(n: int) -> Any:
+        def run() -> float:
+            start = time.perf_counter()
+            for _batch in data.batches(picks, threads=n):
+                pass
+            return count / (time.perf_counter() - start)
+
+        return run
+
     runs: dict[str, Any] = {
         "laden WindowDataset.collate": ours,
+        **{f"laden WindowDataset.batches, {n} threads": ahead(n) for n in threads},
         "raw sliding_window_view[starts]": raw,
     }
     try:
@@ -133,13 +148,25 @@ def read_rates(src: TimeseriesSource, count: int, rounds: int = 7) -> list[list[
     for _ in range(rounds):
         for name, fn in runs.items():
             rates[name].append(fn())
-    mine = rates["laden WindowDataset.collate"]
-    rows = []
-    for name, values in rates.items():
-        ratio = statistics.median(m / v for m, v in zip(mine, values, strict=True))
-        rows.append([name, f"{statistics.median(values):,.0f}", f"{ratio:.2f}"])
+
+    def ratio(values: list[float], name: str) -> str:
+        if name not in rates:
+            return "-"
+        return f"{statistics.median(v / o for v, o in zip(values, rates[name], strict=True)):.2f}"
+
+    rows = [
+        [
+            name,
+            f"{statistics.median(values):,.0f}",
+            ratio(values, "raw sliding_window_view[starts]"),
+            ratio(values, "torch Dataset (one window) + default collate"),
+        ]
+        for name, values in rates.items()
+    ]
     if torch is None:
-        rows.append(["torch Dataset, one window per __getitem__", "(torch not installed)", "-"])
+        rows.append(
+            ["torch Dataset, one window per __getitem__", "(torch not installed)", "-", "-"]
+        )
     return rows
 
 
@@ -166,6 +193,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--batches", type=int, default=2000)
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--threads", type=int, nargs="*", default=[2], help="thread rows")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
@@ -192,9 +220,10 @@ def main() -> None:
             f"of 7 rounds; load {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)"
         )
         print_table(
-            ["reader", "batches/s", "laden speed / this (goals: >= 0.8 raw, >= 10 torch)"],
-            read_rates(src, args.batches),
+            ["reader", "batches/s", "speed / raw (goal >= 0.8)", "speed / torch (goal >= 10)"],
+            read_rates(src, args.batches, threads=tuple(args.threads)),
         )
+        print(f"load after: {Path('/proc/loadavg').read_text().strip()}")
         print("\nanonymous memory added by a pass (prefetch 2), by file size")
         rows = []
         for path in (small, big):

@@ -465,20 +465,30 @@ except DataError as exc:
 # ----------------------------------------------- plans, shards, writers, loaders
 
 
-@pytest.fixture
-def npy_source(tmp_path: Path) -> TimeseriesSource:
+def make_npy_source(directory: Path) -> TimeseriesSource:
     rng = np.random.default_rng(11)
     ids = np.repeat([0, 1, 2], [500, 300, 200])
     data = np.column_stack([ids, rng.normal(size=(1000, 4))]).astype(np.float32)
-    np.save(tmp_path / "a.npy", data)
+    np.save(directory / "a.npy", data)
     return TimeseriesSource(
-        path=str(tmp_path / "a.npy"),
+        path=str(directory / "a.npy"),
         window=12,
         overlap=3,
         horizon=2,
         id_column="0",
         target_columns="1",
     )
+
+
+@pytest.fixture
+def npy_source(tmp_path: Path) -> TimeseriesSource:
+    return make_npy_source(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def npy_source_once(tmp_path_factory: pytest.TempPathFactory) -> TimeseriesSource:
+    """The same source, made once for a property test's many examples."""
+    return make_npy_source(tmp_path_factory.mktemp("npy"))
 
 
 def test_every_window_once_per_epoch_and_shards(npy_source: TimeseriesSource) -> None:
@@ -501,6 +511,34 @@ def test_every_window_once_per_epoch_and_shards(npy_source: TimeseriesSource) ->
                 assert batch["inputs"].shape == (spec.size, 12, 4)
                 seen.update(batch["sample_ids"].tolist())
     assert seen == set(range(len(table)))
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=0, max_size=30),
+    threads=st.integers(0, 3),
+    group=st.integers(1, 5),
+)
+def test_threaded_batches_are_the_collated_batches_in_order(
+    npy_source_once: TimeseriesSource, sizes: list[int], threads: int, group: int
+) -> None:
+    data = WindowDataset(npy_source_once, npy_source_once.lengths())
+    rng = np.random.default_rng(len(sizes))
+    picks = [rng.integers(0, len(data), size) for size in sizes]
+    got = list(data.batches(iter(picks), threads=threads, group=group))
+    assert len(got) == len(picks)
+    for batch, pick in zip(got, picks, strict=True):
+        want = data.collate(pick)
+        assert batch.keys() == want.keys()
+        for key in want:
+            assert np.array_equal(batch[key], want[key]), key
+
+
+def test_batches_refuse_bad_thread_settings(npy_source: TimeseriesSource) -> None:
+    data = WindowDataset(npy_source, npy_source.lengths())
+    for threads, group in [(-1, 8), (2, 0)]:
+        with pytest.raises(ConfigError, match="threads must be >= 0 and group >= 1"):
+            list(data.batches([[0]], threads=threads, group=group))
 
 
 def test_write_windows_resume_and_read_back(npy_source: TimeseriesSource, tmp_path: Path) -> None:
