@@ -147,6 +147,13 @@ def main() -> None:
     )
     print(f"load average: {load_before} before, {loadavg()} after")
     if trl_pack is not None:
+        trl_wall = statistics.median(w for w, _ in runs["TRL pack_dataset bfd"])
+        speedups = ", ".join(
+            f"{name}: {trl_wall / statistics.median(w for w, _ in runs[name]):.1f}x"
+            for name, _ in candidates[:2]
+        )
+        print(f"TRL bfd wall / laden wall (medians): {speedups}")
+    if trl_pack is not None:
         ours, theirs = shape[candidates[0][0]][2], shape["TRL pack_dataset bfd"][2]
         same = all(ours[k] == theirs[k] for k in theirs)
         print(

@@ -75,7 +75,12 @@ def segments_for(
 
 def _sorted_groups(seg_lengths: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
     """Items longest first (stable), and each run of equal length as ``(length, start)``."""
-    order = np.argsort(-seg_lengths, kind="stable")
+    longest = int(seg_lengths.max()) if seg_lengths.size else 0
+    if int(seg_lengths.min(initial=0)) >= 0 and longest <= np.iinfo(np.uint16).max:
+        # the same order: numpy sorts 16-bit keys stably by radix sort (5x faster at 1M)
+        order = np.argsort((longest - seg_lengths).astype(np.uint16), kind="stable")
+    else:
+        order = np.argsort(-seg_lengths, kind="stable")
     sorted_lengths = seg_lengths[order]
     values, first = np.unique(-sorted_lengths, return_index=True)
     return order, (-values).tolist(), [*first.tolist(), seg_lengths.size]
@@ -149,7 +154,13 @@ def pack_plan_from_bins(
             dropped=dropped,
             report=report,
         )
-    if longest_first:  # one stable sort on (bin, longest first): cheaper than a lexsort
+    short = max_length <= np.iinfo(np.uint16).max and seg.min() >= 0 and seg.max() <= max_length
+    if longest_first and short:
+        # (bin, longest first) in two stable sorts: by length (a 16-bit key, which numpy
+        # sorts by radix), then by bin (runs, as best fit fills bins): half the time at 1M
+        by_length = np.argsort((max_length - seg).astype(np.uint16), kind="stable")
+        place = by_length[np.argsort(bins[by_length], kind="stable")]
+    elif longest_first:  # one stable sort on (bin, longest first): cheaper than a lexsort
         place = np.argsort(bins * (max_length + 1) + (max_length - seg), kind="stable")
     elif (np.diff(bins) >= 0).all():
         place = np.arange(bins.size)

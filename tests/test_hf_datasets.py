@@ -83,6 +83,24 @@ def test_every_list_column_follows_the_same_segments() -> None:
         assert mrow == [by_token[t] for t in row]
 
 
+def test_columns_that_are_not_numbers_follow_the_same_segments() -> None:
+    lengths = [5, 2, 3, 1, 9, 4]
+    ids = [[i * 10_000 + t for t in range(n)] for i, n in enumerate(lengths)]
+    table = pa.table(
+        {
+            "input_ids": pa.array(ids, type=pa.list_(pa.int32())),
+            "odd": pa.array([[t % 2 == 1 for t in row] for row in ids], type=pa.list_(pa.bool_())),
+            "name": pa.array([[str(t) for t in row] for row in ids], type=pa.list_(pa.string())),
+        }
+    )
+    packed, _ = pack_table(table, 4)
+    for row, odd, name in zip(
+        *(packed.column(n).to_pylist() for n in ("input_ids", "odd", "name")), strict=True
+    ):
+        assert odd == [t % 2 == 1 for t in row]
+        assert name == [str(t) for t in row]
+
+
 def test_truncate_counts_what_it_cuts() -> None:
     report: dict[str, object] = {}
     packed = pack_dataset(make_dataset([10, 3, 7]), 4, overflow="truncate", report=report)
