@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import peer_lengths, print_table
+from common import print_table, write_prose_corpus
 
 import laden
 from laden.collate.samples import SourceSamples
@@ -61,16 +61,8 @@ def main() -> None:
 
 def run(root: Path, n: int) -> None:
     kernel = laden.Kernel(autoload=False)
-    rng = np.random.default_rng(0)
     data = root / "data.jsonl"
-    # Zipf-distributed words, so the texts tokenize like prose: about one token per word.
-    vocabulary = np.array(
-        ["".join(rng.choice(list("etaoinshrdlucmfw"), k)) for k in rng.integers(2, 9, 20_000)]
-    )
-    with data.open("w") as f:
-        for i, size in enumerate(peer_lengths(n)):
-            picks = np.minimum(rng.zipf(1.2, size), vocabulary.size) - 1
-            f.write(json.dumps({"id": i, "text": " ".join(vocabulary[picks])}) + "\n")
+    write_prose_corpus(data, n)
     source = kernel.create("source", {"name": "jsonl", "path": str(data)})
     tokenizer = trained_tokenizer(kernel, root, data)
     table = build_lengths(

@@ -21,7 +21,6 @@ waits for a quiet second before each run. Every run's files are checked to hold 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -31,11 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_reader import trained_tokenizer
-from common import peer_lengths, print_table
+from common import print_table, write_prose_corpus
 
 import laden
 from laden.files.write import load_manifest, write_batches
@@ -91,15 +88,8 @@ def main() -> None:
 
 def run(root: Path, n: int, repeats: int, max_workers: int, quiet_wait: float) -> None:
     kernel = laden.Kernel(autoload=False)
-    rng = np.random.default_rng(0)
     data = root / "data.jsonl"
-    vocabulary = np.array(
-        ["".join(rng.choice(list("etaoinshrdlucmfw"), k)) for k in rng.integers(2, 9, 20_000)]
-    )
-    with data.open("w") as f:
-        for i, size in enumerate(peer_lengths(n)):
-            picks = np.minimum(rng.zipf(1.2, size), vocabulary.size) - 1
-            f.write(json.dumps({"id": i, "text": " ".join(vocabulary[picks])}) + "\n")
+    write_prose_corpus(data, n)
     source = kernel.create("source", {"name": "jsonl", "path": str(data)})
     tokenizer = trained_tokenizer(kernel, root, data)
     inline = kernel.create("executor", {"name": "local", "workers": 0})
