@@ -93,13 +93,7 @@ def plot_histogram(
     title: str = "sample lengths",
 ) -> Path:
     """Write a PNG histogram (log-spaced bins, bucket edges as lines). Needs matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise MissingDependencyError("plot", "png", ["matplotlib"], "plot") from exc
+    plt = pyplot()
     bin_edges, counts = histogram(lengths, 40)
     fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
     ax.stairs(counts, bin_edges, fill=True, color="#4c72b0")
@@ -109,9 +103,27 @@ def plot_histogram(
     ax.set_title(title)
     for edge in edges:
         ax.axvline(edge, color="#c44e52", linestyle="--", linewidth=1)
+    return save_png(fig, path)
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display); an error naming the extra
+    ``plot`` when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MissingDependencyError("plot", "png", ["matplotlib"], "plot") from exc
+    return plt
+
+
+def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically, and close it."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     target = Path(path)
     atomic_write_bytes(target, buffer.getvalue())
     return target

@@ -7,15 +7,13 @@ for any batched env laden can make, through the same runner as a real run
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from laden.errors import MissingDependencyError
-from laden.io import atomic_write_bytes
+from laden.analysis import pyplot, save_png
 from laden.stream.envs.base import tree_nbytes
 from laden.stream.envs.make import make_env, make_runner
 
@@ -98,13 +96,7 @@ def bench_env(
 
 def plot_bench(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """A PNG of env-steps/s and memory per env against the batch size. Needs matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise MissingDependencyError("plot", "png", ["matplotlib"], "plot") from exc
+    plt = pyplot()
     rows = [r for r in report["rows"] if "error" not in r]
     sizes = [r["num_envs"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
@@ -118,9 +110,4 @@ def plot_bench(report: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     fig.suptitle(
         f"{report['env']} ({report['array_backend']}): best num_envs {report['best_num_envs']}"
     )
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    plt.close(fig)
-    target = Path(path)
-    atomic_write_bytes(target, buffer.getvalue())
-    return target
+    return save_png(fig, path)
