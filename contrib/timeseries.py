@@ -1153,7 +1153,7 @@ def write_windows(
     from laden.files.manifest import RunManifest, file_record
     from laden.files.write import FORMAT_VERSION as BATCH_FORMAT
     from laden.files.write import KIND as BATCHES
-    from laden.files.write import file_name
+    from laden.files.write import file_name, is_batch_file
     from laden.serde import config_of
 
     manifest = RunManifest(
@@ -1167,7 +1167,7 @@ def write_windows(
             "writer": config_of(writer),
             "windows": config_of(dataset.source),
         },
-        owns=lambda name: name.endswith(writer.suffix) and name.startswith("e"),
+        owns=is_batch_file,
     )
     written = 0
     with manifest.locked():

@@ -541,6 +541,22 @@ def test_batches_refuse_bad_thread_settings(npy_source: TimeseriesSource) -> Non
             list(data.batches([[0]], threads=threads, group=group))
 
 
+def test_write_windows_keeps_a_users_file_that_looks_like_a_batch(
+    npy_source: TimeseriesSource, tmp_path: Path
+) -> None:
+    table = npy_source.lengths()
+    plan = BatchPlan.build(table, FixedSampler(batch_size=32), epochs=1, seed=1)
+    data = WindowDataset(npy_source, table)
+    out = tmp_path / "batches"
+    write_windows(plan, data, NpzWriter(), out)
+    (out / "example.npz").write_bytes(b"mine")  # an e...npz that is no batch file's name
+    write_windows(plan, data, NpzWriter(), out, resume=True)
+    assert (out / "example.npz").read_bytes() == b"mine"
+    with pytest.raises(ConfigError, match=r"did not write \(example.npz\)"):
+        write_windows(plan, data, NpzWriter(), out, force=True)
+    assert (out / "example.npz").read_bytes() == b"mine"
+
+
 def test_write_windows_resume_and_read_back(npy_source: TimeseriesSource, tmp_path: Path) -> None:
     table = npy_source.lengths()
     plan = BatchPlan.build(table, FixedSampler(batch_size=32), epochs=1, seed=1)

@@ -63,6 +63,7 @@ __all__ = [
     "DiskFullError",
     "OutputBusyError",
     "file_name",
+    "is_batch_file",
     "load_manifest",
     "verify_directory",
     "write_batches",
@@ -429,7 +430,8 @@ def _check_inputs(plan: BatchPlan, table: LengthTable, source: Any) -> None:
             )
 
 
-def _is_batch_file(name: str) -> bool:
+def is_batch_file(name: str) -> bool:
+    """``e0000-s0000000-r000.<suffix>``: a batch file name (see :func:`file_name`)."""
     return _NAME.match(name) is not None
 
 
@@ -513,7 +515,7 @@ def write_batches(
             "writer": config_of(writer),
             "backend": config_of(backend),
         },
-        owns=_is_batch_file,
+        owns=is_batch_file,
         flush_seconds=flush_seconds,
     )
     out = manifest.directory
